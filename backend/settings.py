@@ -1,0 +1,79 @@
+"""Every knob of the service, read once from environment variables (and `.env`)."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TINY_MODEL = "builtin:tiny"
+DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def gpu_present() -> bool:
+    """Whether this host has an NVIDIA driver loaded (checked without importing torch)."""
+    return Path("/proc/driver/nvidia/version").exists()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("./data")
+    # Empty means the embedded default: SQLite files under data_dir.
+    database_url: str = ""
+    broker_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Demo mode trains the built-in tiny model, for machines without a GPU. None = decide by GPU.
+    demo_mode: bool | None = None
+    base_model: str = ""
+    # Base models users may pick, besides base_model itself (comma separated).
+    extra_base_models: str = ""
+
+    # Jobs: a worker whose heartbeat is older than this is presumed dead.
+    heartbeat_stale_seconds: int = 120
+    max_attempts: int = 3
+    progress_interval_seconds: float = 1.0
+
+    # Upload limits.
+    max_photos: int = 50
+    max_class_photos: int = 500
+    max_photo_bytes: int = 25 * 1024 * 1024
+    max_photo_pixels: int = 50_000_000
+
+    # Celery: a message not acknowledged in this time is redelivered (Redis); must exceed any job.
+    broker_visibility_timeout_seconds: int = 48 * 3600
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> "Settings":
+        self.data_dir = self.data_dir.resolve()
+        if self.demo_mode is None:
+            self.demo_mode = not gpu_present()
+        if not self.base_model:
+            self.base_model = TINY_MODEL if self.demo_mode else DEFAULT_BASE_MODEL
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'studio.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+        if self.database_url.startswith("postgresql://"):
+            # note: SQLAlchemy would pick psycopg2 for a bare scheme; we ship psycopg 3.
+            self.database_url = "postgresql+psycopg://" + self.database_url.removeprefix("postgresql://")
+        return self
+
+    @property
+    def allowed_base_models(self) -> list[str]:
+        """Base models a job may name, the default first."""
+        names = [self.base_model, *self.extra_base_models.split(","), TINY_MODEL]
+        return list(dict.fromkeys(name.strip() for name in names if name.strip()))
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Dreambooth Studio's GPU side: the Celery worker, its tasks and the Dreambooth core."""
