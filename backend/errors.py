@@ -1,6 +1,9 @@
 """Domain errors, mapped once to HTTP responses: routes raise these and never build error replies."""
 
+from collections.abc import Sequence
+
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 
@@ -41,6 +44,13 @@ class Unauthorized(DomainError):
     code = "unauthorized"
 
 
+def invalid_field(loc: Sequence[str | int], message: str) -> InvalidInput:
+    """A pydantic error (its location and message) as an InvalidInput naming the dotted field."""
+    field = ".".join(str(part) for part in loc)
+    message = message.removeprefix("Value error, ")
+    return InvalidInput(f"{field}: {message}" if field else message, field or None)
+
+
 def error_body(code: str, message: str, field: str | None = None) -> dict:
     error = {"code": code, "message": message}
     if field:
@@ -53,5 +63,12 @@ async def _domain_error_handler(_request: Request, exc: DomainError) -> JSONResp
     return JSONResponse(error_body(exc.code, exc.message, exc.field), status_code=exc.status, headers=headers)
 
 
+async def _request_validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's own 422s in our error shape, naming the first bad field (without body/query/path)."""
+    error = exc.errors()[0]
+    return await _domain_error_handler(request, invalid_field(error["loc"][1:], error["msg"]))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error_handler)
+    app.add_exception_handler(RequestValidationError, _request_validation_handler)

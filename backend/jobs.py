@@ -79,7 +79,7 @@ def list_jobs(session: Session, owner: User, limit: int, offset: int) -> tuple[l
     jobs = session.scalars(
         select(Job)
         .where(Job.owner_id == owner.id)
-        .options(selectinload(Job.artifacts))
+        .options(selectinload(Job.artifacts), selectinload(Job.photos))
         .order_by(Job.created_at.desc(), Job.id)
         .limit(limit)
         .offset(offset)
@@ -169,15 +169,15 @@ def claim_job(session: Session, job_id: uuid.UUID) -> Lease | None:
 
 
 def _fenced_update(session: Session, lease: Lease, **values) -> bool:
-    """Apply `values` if the lease still holds; returns the job's cancel flag."""
+    """Apply `values` if the lease still holds (uncommitted); returns the job's cancel flag."""
     cancel_requested = session.scalar(
         update(Job)
         .where(Job.id == lease.job_id, Job.lease_token == lease.token, Job.status == JobStatus.running)
         .values(heartbeat_at=utcnow(), **values)
         .returning(Job.cancel_requested)
     )
-    session.commit()
     if cancel_requested is None:
+        session.rollback()
         raise LeaseLost(f"job {lease.job_id} is no longer held by this worker")
     return cancel_requested
 
@@ -193,22 +193,18 @@ def record_progress(
     eta_seconds: float | None,
 ) -> bool:
     """Write progress and heartbeat; returns whether the owner asked to cancel."""
-    return _fenced_update(
+    cancel_requested = _fenced_update(
         session, lease, phase=phase, step=step, total_steps=total_steps, loss=loss, eta_seconds=eta_seconds
     )
+    session.commit()
+    return cancel_requested
 
 
 def heartbeat(session: Session, lease: Lease) -> bool:
     """Prove the worker is alive; returns whether the owner asked to cancel."""
-    return _fenced_update(session, lease)
-
-
-def add_artifact(session: Session, lease: Lease, artifact: Artifact) -> None:
-    """Record a finished file of the job (written atomically before this is called)."""
-    _fenced_update(session, lease)
-    artifact.job_id = lease.job_id
-    session.add(artifact)
+    cancel_requested = _fenced_update(session, lease)
     session.commit()
+    return cancel_requested
 
 
 def finish_job(
@@ -217,8 +213,13 @@ def finish_job(
     status: JobStatus,
     error_code: str | None = None,
     error_message: str | None = None,
+    artifacts: list[Artifact] = (),
 ) -> None:
-    """End the job in a terminal state and release the lease."""
+    """End the job in a terminal state, with the files it made, and release the lease.
+
+    The artifacts (each file written atomically before this is called) and the status change
+    commit together, so a job never succeeds without its outputs or shows outputs twice.
+    """
     assert status in TERMINAL_STATUSES
     _fenced_update(
         session,
@@ -231,4 +232,9 @@ def finish_job(
         lease_token=None,
         finished_at=utcnow(),
     )
+    # note: added after the fenced update, so a deleted job raises LeaseLost, not a foreign-key error.
+    for artifact in artifacts:
+        artifact.job_id = lease.job_id
+    session.add_all(artifacts)
+    session.commit()
     log.info("job %s %s%s", lease.job_id, status, f" ({error_code}: {error_message})" if error_code else "")

@@ -4,7 +4,15 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from backend.presets import PRESETS
 
@@ -20,8 +28,11 @@ class TrainingSettings(BaseModel):
     base_model: str | None = Field(None, description="Hub id offered by this server; default: the server's")
 
     instance_prompt: Prompt = Field(description="Names the subject, e.g. 'a photo of rufus the dog'")
-    class_prompt: Prompt | None = Field(None, description="The subject's class, for prior preservation")
     with_prior_preservation: bool = False
+    # note: after with_prior_preservation, so that its validator can see it and name this field.
+    class_prompt: Prompt | None = Field(
+        None, validate_default=True, description="The subject's class, for prior preservation"
+    )
     num_class_images: int = Field(200, ge=1, le=1000)
     prior_loss_weight: float = Field(1.0, ge=0, le=10)
     train_text_encoder: bool = False
@@ -61,11 +72,12 @@ class TrainingSettings(BaseModel):
             raise ValueError("must be a multiple of 64")
         return value
 
-    @model_validator(mode="after")
-    def _prior_needs_class_prompt(self) -> "TrainingSettings":
-        if self.with_prior_preservation and not self.class_prompt:
-            raise ValueError("class_prompt is required when with_prior_preservation is on")
-        return self
+    @field_validator("class_prompt")
+    @classmethod
+    def _prior_needs_class_prompt(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("with_prior_preservation") and not value:
+            raise ValueError("required when with_prior_preservation is on")
+        return value
 
 
 class Progress(BaseModel):
@@ -99,6 +111,7 @@ class JobOut(BaseModel):
     progress: Progress
     settings: dict[str, Any]
     error: ErrorOut | None
+    cancel_requested: bool  # a running job stops at its next step
     attempts: int
     photo_count: int
     artifacts: list[ArtifactOut]

@@ -16,7 +16,7 @@ def gpu_present() -> bool:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
 
     data_dir: Path = Path("./data")
     # Empty means the embedded default: SQLite files under data_dir.

@@ -1,0 +1,45 @@
+"""How a job looks to its owner: the `JobOut` built from the ORM row, with artifact URLs."""
+
+from backend.models import Artifact, Job
+from backend.schemas import ArtifactOut, ErrorOut, JobOut, Progress
+
+
+def job_out(job: Job) -> JobOut:
+    return JobOut(
+        id=job.id,
+        status=job.status,
+        phase=job.phase,
+        progress=Progress(
+            step=job.step, total_steps=job.total_steps, loss=job.loss, eta_seconds=job.eta_seconds
+        ),
+        settings=job.settings,
+        error=ErrorOut(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+        cancel_requested=job.cancel_requested,
+        attempts=job.attempts,
+        photo_count=sum(photo.kind == "instance" for photo in job.photos),
+        artifacts=[_artifact_out(job, artifact) for artifact in job.artifacts],
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
+
+
+def _artifact_out(job: Job, artifact: Artifact) -> ArtifactOut:
+    if artifact.kind == "checkpoint":
+        url = (
+            f"/api/jobs/{job.id}/checkpoint?format={artifact.format or 'single'}"
+            f"&dtype={artifact.dtype}&step={artifact.step}"
+        )
+    else:
+        url = f"/api/jobs/{job.id}/samples/{artifact.id}"
+    return ArtifactOut(
+        id=artifact.id,
+        kind=artifact.kind,
+        step=artifact.step,
+        url=url,
+        size_bytes=artifact.size_bytes,
+        prompt=artifact.prompt,
+        seed=artifact.seed,
+        format=artifact.format,
+        dtype=artifact.dtype,
+    )

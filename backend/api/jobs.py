@@ -1,0 +1,72 @@
+"""Jobs: create from uploaded photos, list, read, cancel and delete (the owner's side of the job service)."""
+
+import logging
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+
+from backend import jobs, queue
+from backend.api.job_form import ingest_uploads, parse_training_settings
+from backend.api.job_view import job_out
+from backend.auth import CurrentUser
+from backend.db import SessionDep
+from backend.schemas import JobList, JobOut
+from backend.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+
+
+@router.post("", status_code=202)
+def create_job(
+    session: SessionDep,
+    user: CurrentUser,
+    response: Response,
+    photos: Annotated[list[UploadFile], File(description="Photos of the subject (JPEG, PNG or WebP)")],
+    settings: Annotated[str, Form(description="TrainingSettings as a JSON object")],
+    class_photos: Annotated[list[UploadFile] | None, File(description="Optional class photos")] = None,
+) -> JobOut:
+    """Store the photos and queue a training job; the job is the reply, its URL the Location."""
+    limits = get_settings()
+    training = parse_training_settings(settings)
+    instance = ingest_uploads(photos, "photos", limits.max_photos)
+    extra = ingest_uploads(class_photos or [], "class_photos", limits.max_class_photos)
+    job = jobs.create_job(session, user, training, instance, extra)
+    try:
+        queue.enqueue_training(str(job.id))
+    except Exception:
+        # note: the job row is the truth and stays queued; a later delivery can still start it.
+        log.exception("job %s: could not reach the broker to queue it", job.id)
+    response.headers["Location"] = f"/api/jobs/{job.id}"
+    return job_out(job)
+
+
+@router.get("")
+def list_jobs(
+    session: SessionDep,
+    user: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobList:
+    """The caller's jobs, newest first."""
+    items, total = jobs.list_jobs(session, user, limit, offset)
+    return JobList(items=[job_out(job) for job in items], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}")
+def get_job(job_id: uuid.UUID, session: SessionDep, user: CurrentUser) -> JobOut:
+    return job_out(jobs.get_job(session, user, job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=202)
+def cancel_job(job_id: uuid.UUID, session: SessionDep, user: CurrentUser) -> JobOut:
+    """Cancel a job: a queued one at once, a running one at its next training step. Idempotent."""
+    return job_out(jobs.request_cancel(session, user, job_id))
+
+
+@router.delete("/{job_id}", status_code=204)
+def delete_job(job_id: uuid.UUID, session: SessionDep, user: CurrentUser) -> None:
+    """Delete a job and every file it owns."""
+    jobs.delete_job(session, user, job_id)

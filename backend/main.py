@@ -1,0 +1,34 @@
+"""The FastAPI application: routers, error handlers, and the static frontend (`uvicorn backend.main:app`)."""
+
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from backend.api import artifacts, events, health, info, jobs
+from backend.errors import install_error_handlers
+from backend.settings import get_settings
+
+FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = FastAPI(
+        title="Dreambooth Studio",
+        summary="Teach Stable Diffusion a subject from a few photos, then download the checkpoint.",
+    )
+    install_error_handlers(app)
+    for module in (health, info, jobs, artifacts, events):
+        app.include_router(module.router)
+    # note: mounted last, so that "/" serves the page without shadowing /api or the probes.
+    if (FRONTEND_DIR / "index.html").is_file():
+        app.mount("/", StaticFiles(directory=FRONTEND_DIR, html=True), name="frontend")
+    return app
+
+
+app = create_app()

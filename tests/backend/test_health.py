@@ -1,0 +1,42 @@
+"""Liveness and readiness probes."""
+
+import pytest
+
+from backend import queue
+from backend.api import health
+from backend.db import make_engine
+from backend.queue import make_celery
+from backend.settings import Settings
+
+
+def test_healthz_needs_nothing(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_readyz_checks_database_and_broker(client, database_url, broker):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+
+
+def test_readyz_names_an_unreachable_broker(client, database_url, monkeypatch):
+    dead = make_celery(Settings(broker_url="redis://127.0.0.1:1/0"))
+    monkeypatch.setattr(queue, "client", lambda: dead)
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "checks": {"database": "ok", "broker": "unavailable"}}
+
+
+def test_readyz_names_an_unreachable_database(client, broker, monkeypatch):
+    dead = make_engine("postgresql+psycopg://root@127.0.0.1:1/nothing?connect_timeout=2")
+    monkeypatch.setattr(health, "get_engine", lambda: dead)
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"database": "unavailable", "broker": "ok"}
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_probes_need_no_token(client, database_url, broker, path):
+    assert client.get(path).status_code == 200
