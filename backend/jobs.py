@@ -47,7 +47,13 @@ def create_job(
     class_photos: list[IngestedPhoto] = (),
 ) -> Job:
     """Store the photos under generated names and insert the job, all or nothing."""
-    job = Job(id=uuid.uuid4(), owner_id=owner.id, settings=settings, status=JobStatus.queued)
+    job = Job(
+        id=uuid.uuid4(),
+        owner_id=owner.id,
+        settings=settings,
+        status=JobStatus.queued,
+        total_steps=settings["max_train_steps"],
+    )
     folder = storage.job_dir(job.id)
     try:
         for kind, batch in (("instance", photos), ("class", class_photos)):

@@ -22,14 +22,18 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={
-            "visibility_timeout": settings.broker_visibility_timeout_seconds,
-            "polling_interval": 0.5,
-        },
+        broker_transport_options=_transport_options(settings),
         task_serializer="json",
         accept_content=["json"],
     )
     return app
+
+
+def _transport_options(settings: Settings) -> dict:
+    if settings.broker_url.startswith("sqla+"):
+        # note: kombu's SQLAlchemy transport hands every option to create_engine, so none apply.
+        return {}
+    return {"visibility_timeout": settings.broker_visibility_timeout_seconds}
 
 
 @lru_cache

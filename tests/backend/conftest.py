@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from backend import jobs
 from backend.images import ingest_photo
 from backend.models import Job, User
+from backend.schemas import TrainingSettings
 
 DOG = {"instance_prompt": "a photo of rufus the dog"}
 
@@ -42,6 +43,7 @@ def make_job(db: Session, user_factory, photo_bytes) -> Callable[..., Job]:
     def make(owner: User | None = None) -> Job:
         owner = owner or user_factory()[0]
         photo = ingest_photo(photo_bytes(), "photos", "photo")
-        return jobs.create_job(db, owner, dict(DOG), [photo])
+        settings = TrainingSettings.model_validate(DOG).model_dump(mode="json")
+        return jobs.create_job(db, owner, settings, [photo])
 
     return make

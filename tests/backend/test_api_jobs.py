@@ -58,7 +58,8 @@ def test_create_stores_the_photos_and_queues_the_job(post_job, db, data_dir, bro
     job = response.json()
     assert response.headers["location"] == f"/api/jobs/{job['id']}"
     assert (job["status"], job["phase"], job["photo_count"], job["artifacts"]) == ("queued", None, 3, [])
-    assert job["progress"] == {"step": 0, "total_steps": 0, "loss": None, "eta_seconds": None}
+    total = job["settings"]["max_train_steps"]
+    assert job["progress"] == {"step": 0, "total_steps": total, "loss": None, "eta_seconds": None}
     settings = job["settings"]
     assert (settings["learning_rate"], settings["max_train_steps"], settings["train_batch_size"]) == (
         1e-6,

@@ -1,0 +1,132 @@
+"""Helpers for whole-stack tests: start the real processes, talk to them over HTTP like a user."""
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+# Settings that make a job finish in seconds on builtin:tiny.
+FAST_SETTINGS = {
+    "preset": "custom",
+    "instance_prompt": "a photo of rufus toy",
+    "resolution": 64,
+    "max_train_steps": 30,
+    "train_batch_size": 2,
+    "learning_rate": 1e-4,
+    "num_inference_steps": 4,
+    "seed": 7,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def photo_files(count: int = 4) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """Distinct coloured shapes as JPEG uploads, in the multipart form httpx takes."""
+    files = []
+    for index in range(count):
+        image = Image.new("RGB", (96, 80), (40 * index, 120, 200 - 30 * index))
+        ImageDraw.Draw(image).ellipse((10 + 5 * index, 10, 70, 60), fill=(250, 200 - 40 * index, 20))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG")
+        files.append(("photos", (f"photo{index}.jpg", buffer.getvalue(), "image/jpeg")))
+    return files
+
+
+@dataclass
+class Stack:
+    """Running processes of the service, with their logs kept for failure reports."""
+
+    url: str
+    log_dir: Path
+    env: dict[str, str]
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self, name: str, *command: str) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "wb")
+        process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        return process
+
+    def start_api(self, port: int) -> None:
+        self.start("api", str(BIN / "uvicorn"), "backend.main:app", "--host", "127.0.0.1", "--port", str(port))
+
+    def start_worker(self, name: str = "worker") -> subprocess.Popen:
+        return self.start(
+            name, str(BIN / "celery"), "-A", "worker.celery_app", "worker", "--pool", "solo",
+            "--concurrency", "1", "--loglevel", "INFO", "--hostname", f"{name}@%h",
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for process in self.processes:
+                assert process.poll() is None, f"a process exited early:\n{self.logs()}"
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"the API did not become ready:\n{self.logs()}")
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def logs(self) -> str:
+        return "\n".join(f"── {log.name} ──\n{log.read_text(errors='replace')[-4000:]}" for log in self.log_dir.glob("*.log"))
+
+
+class Client:
+    """A user of the API with a token."""
+
+    def __init__(self, url: str, token: str):
+        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    def submit(self, settings: dict, photos=None) -> dict:
+        import json
+
+        response = self.http.post(
+            "/api/jobs", files=photos or photo_files(), data={"settings": json.dumps(settings)}
+        )
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def job(self, job_id: str) -> dict:
+        response = self.http.get(f"/api/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_for(self, job_id: str, statuses: set[str], stack: Stack, timeout: float = 240) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if job["status"] in statuses:
+                return job
+            time.sleep(0.5)
+        raise AssertionError(f"job {job_id} stuck in {job['status']}/{job['phase']}:\n{stack.logs()}")
+
+
+def base_env(**overrides: str) -> dict[str, str]:
+    # note: one torch thread per process, or two workers on two cores slow each other tenfold.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **overrides}
+    return env
