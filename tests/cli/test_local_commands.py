@@ -1,0 +1,42 @@
+"""The offline commands: `dreambooth make-model` and `dreambooth train`, run as a user would."""
+
+import json
+import subprocess
+
+from safetensors import safe_open
+
+from tests.e2e.stack import BIN, base_env, photo_files
+
+
+def run(*args: str, env: dict[str, str]) -> str:
+    result = subprocess.run([str(BIN / "dreambooth"), *args], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_make_model_writes_a_loadable_diffusers_folder(tmp_path):
+    folder = tmp_path / "tiny"
+    run("make-model", str(folder), "--size", "tiny", env=base_env())
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    assert (folder / "tokenizer" / "vocab.json").exists()
+
+
+def test_train_runs_the_core_without_the_server(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for _field, (name, data, _type) in photo_files(3):
+        (photos / name).write_bytes(data)
+    output = tmp_path / "out"
+    stdout = run(
+        "train", "--photos", str(photos), "--output", str(output), "--models-dir", str(tmp_path / "models"),
+        "--base-model", "builtin:tiny", "--instance-prompt", "a photo of rufus toy", "--resolution", "64",
+        "--max-train-steps", "3", "--num-inference-steps", "2", "--seed", "1", "--center-crop",
+        env=base_env(),
+    )
+    checkpoint = output / "checkpoints" / "model-fp16.safetensors"
+    assert f"checkpoint (fp16): {checkpoint}" in stdout
+    with safe_open(str(checkpoint), "np") as file:
+        assert any(key.startswith("model.diffusion_model.") for key in file.keys())
+    assert len(list((output / "samples").glob("*.png"))) == 1
