@@ -30,14 +30,16 @@ PRESETS: dict[str, Preset] = {
         Preset(
             name="face",
             title="Face",
-            summary="People: 1200 steps at 1e-6, batch 2, with prior preservation and text-encoder "
-            "training, which the study found matter most for faces.",
+            summary="People: 1200 steps at 1e-6, batch 2, with prior preservation (200 class images "
+            "of 'a photo of a person') and text-encoder training, which the study found matter most for faces.",
             values={
                 "learning_rate": 1e-6,
                 "max_train_steps": 1200,
                 "train_batch_size": 2,
                 "with_prior_preservation": True,
                 "class_prompt": "a photo of a person",
+                "num_class_images": 200,
+                "prior_loss_weight": 1.0,
                 "train_text_encoder": True,
             },
         ),

@@ -1,10 +1,14 @@
-"""Load the five parts of a Stable Diffusion model that training needs."""
+"""Load the five parts of a Stable Diffusion model that training needs, and keep one loaded between jobs."""
 
+import copy
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from huggingface_hub import try_to_load_from_cache
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .tiny import SIZES, make_model
@@ -23,6 +27,7 @@ class Components:
     vae: AutoencoderKL
     unet: UNet2DConditionModel
     noise_scheduler: DDPMScheduler
+    identity: str  # what names these exact weights; see model_identity
 
 
 def resolve_base_model(base_model: str, models_dir: Path) -> str:
@@ -41,14 +46,75 @@ def resolve_base_model(base_model: str, models_dir: Path) -> str:
     return str(folder)
 
 
-def load_components(base_model: str, models_dir: Path) -> Components:
+def model_identity(location: str, revision: str | None = None) -> str:
+    """A name for the exact weights at a from_pretrained location, cheap to compute (no network).
+
+    A local folder: its resolved path and the sizes and times of its files. A Hub id: the id and the
+    commit its revision resolves to in the local Hugging Face cache (the revision itself before download).
+    """
+    folder = Path(location)
+    if folder.is_dir():
+        digest = hashlib.sha256()
+        for file in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            stat = file.stat()
+            digest.update(f"{file.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        return f"{folder.resolve()}#{digest.hexdigest()[:16]}"
+    cached = try_to_load_from_cache(location, "unet/config.json", revision=revision)
+    # note: a cached file lives at <cache>/snapshots/<commit>/unet/config.json
+    commit = Path(cached).parent.parent.name if isinstance(cached, str) else revision or "main"
+    return f"{location}@{commit}"
+
+
+def load_components(base_model: str, models_dir: Path, revision: str | None = None) -> Components:
     """Load tokenizer, text encoder, VAE, UNet and noise scheduler (Hub downloads honour HF_HUB_OFFLINE)."""
     location = resolve_base_model(base_model, models_dir)
     log.info("loading base model %s", location)
-    return Components(
-        tokenizer=CLIPTokenizer.from_pretrained(location, subfolder="tokenizer"),
-        text_encoder=CLIPTextModel.from_pretrained(location, subfolder="text_encoder"),
-        vae=AutoencoderKL.from_pretrained(location, subfolder="vae"),
-        unet=UNet2DConditionModel.from_pretrained(location, subfolder="unet"),
-        noise_scheduler=DDPMScheduler.from_pretrained(location, subfolder="scheduler"),
+    parts = Components(
+        tokenizer=CLIPTokenizer.from_pretrained(location, subfolder="tokenizer", revision=revision),
+        text_encoder=CLIPTextModel.from_pretrained(location, subfolder="text_encoder", revision=revision),
+        vae=AutoencoderKL.from_pretrained(location, subfolder="vae", revision=revision),
+        unet=UNet2DConditionModel.from_pretrained(location, subfolder="unet", revision=revision),
+        noise_scheduler=DDPMScheduler.from_pretrained(location, subfolder="scheduler", revision=revision),
+        identity=model_identity(location, revision),
     )
+    for model in (parts.text_encoder, parts.vae, parts.unet):
+        model.requires_grad_(False).eval()
+    return parts
+
+
+class ComponentCache:
+    """The most recently used base model, kept loaded on the CPU between jobs (an LRU of one).
+
+    Jobs get the same frozen parts every time and must never change them: `train` trains deep copies
+    of the trainable parts and moves copies, not these, to the GPU, so GPU memory is freed with the job.
+    """
+
+    def __init__(self):
+        self._parts: Components | None = None
+
+    def get(self, base_model: str, models_dir: Path, revision: str | None = None) -> Components:
+        location = resolve_base_model(base_model, models_dir)
+        if self._parts is None or self._parts.identity != model_identity(location, revision):
+            # note: drop the old model before loading the new one, so two never share the memory
+            self._parts = None
+            self._parts = load_components(base_model, models_dir, revision)
+        else:
+            log.info("reusing loaded base model %s", location)
+        return self._parts
+
+    def clear(self) -> None:
+        self._parts = None
+
+
+def trainable_copy(model: torch.nn.Module, shared: bool) -> torch.nn.Module:
+    """A model to train: a deep copy when `shared` (a cached base model stays untouched), else itself."""
+    model = copy.deepcopy(model) if shared else model
+    return model.requires_grad_(True).train()
+
+
+def frozen_on(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The frozen model on `device` in `dtype`: itself when it is already there, else a copy."""
+    first = next(model.parameters())
+    if first.device == device and first.dtype == dtype:
+        return model
+    return copy.deepcopy(model).to(device, dtype=dtype)

@@ -3,34 +3,74 @@
 from dataclasses import dataclass
 from pathlib import Path
 
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+STATE_DIR = "training-state"  # under output_dir: the saved training states a run resumes from
+MEMORY_PROFILES = ("auto", "none")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One Dreambooth run; field names follow diffusers' train_dreambooth.py."""
+    """One Dreambooth run; field names and meanings follow diffusers' train_dreambooth.py."""
 
     base_model: str  # Hub id, local diffusers folder, or "builtin:tiny" / "builtin:small"
     instance_images: tuple[Path, ...]  # already-ingested RGB photos (PNG/JPEG)
     instance_prompt: str  # e.g. "a photo of sks dog"
-    output_dir: Path  # pipeline/, samples/ and checkpoints/ are written here
+    output_dir: Path  # pipeline/, samples/, checkpoints/ and training-state/ are written here
     models_dir: Path  # where builtin models are generated and cached
+    revision: str | None = None  # Hub revision (branch, tag or commit) of base_model; None = main
+
+    # prior preservation: train on the class as well, so the model keeps what the class looks like
+    with_prior_preservation: bool = False  # add the class loss (the study: matters for faces)
+    class_prompt: str | None = None  # e.g. "a photo of a dog"; conditions the class images
+    class_images: tuple[Path, ...] = ()  # uploaded class photos, used before any generated ones
+    num_class_images: int = 200  # class images in all; the base model generates what uploads lack
+    prior_loss_weight: float = 1.0  # weight of the class loss
+    sample_batch_size: int = 4  # class images generated per batch
+    class_negative_prompt: str | None = None  # negative prompt for generated class images
+    class_inference_steps: int = 25  # DPM-Solver++ steps per generated class image
+    class_guidance_scale: float = 7.5  # classifier-free guidance for generated class images
+    cache_dir: Path | None = None  # shared class-image cache; None = output_dir / "cache"
+    class_cache_max_bytes: int = 5 * 2**30  # the cache evicts least recently used class sets beyond this
+
+    # data
     resolution: int = 512  # square training and sampling side, in pixels
     center_crop: bool = False  # False = random crop, as the reference script
     random_flip: bool = False  # horizontal flip with probability 0.5
-    train_batch_size: int = 1  # photos per micro-step
+    train_batch_size: int = 1  # instance photos per micro-step (as many class images ride along)
+
+    # optimisation
+    train_text_encoder: bool = False  # fine-tune the text encoder with the UNet (the study: best quality)
+    text_encoder_lr: float | None = None  # text encoder's learning rate; None = learning_rate
     gradient_accumulation_steps: int = 1  # micro-steps per optimizer step
     max_train_steps: int = 400  # optimizer steps
     learning_rate: float = 2e-6  # the study's safe default for objects
-    scale_lr: bool = False  # multiply the rate by batch size x accumulation x processes
+    scale_lr: bool = False  # multiply the rates by batch size x accumulation x processes
     lr_scheduler: str = "constant"  # any name diffusers.optimization.get_scheduler knows
     lr_warmup_steps: int = 0  # linear warmup, in optimizer steps
+    lr_num_cycles: int = 1  # hard restarts of cosine_with_restarts
+    lr_power: float = 1.0  # power of the polynomial schedule
     adam_beta1: float = 0.9  # AdamW first-moment decay
     adam_beta2: float = 0.999  # AdamW second-moment decay
     adam_weight_decay: float = 1e-2  # AdamW decoupled weight decay
     adam_epsilon: float = 1e-8  # AdamW denominator guard
     max_grad_norm: float = 1.0  # gradient clipping threshold
     use_8bit_adam: bool = False  # bitsandbytes AdamW8bit: much less optimizer memory
+    use_ema: bool = False  # keep an exponential moving average of the UNet and export it
+    snr_gamma: float | None = None  # Min-SNR loss weighting (5.0 is recommended); None = plain MSE
+    offset_noise: bool = False  # add 0.1 x per-channel noise, so the model learns very dark/bright images
+
+    # memory
     mixed_precision: str = "no"  # "no" | "fp16" | "bf16"; falls back to "no" where the device can't
-    gradient_checkpointing: bool = False  # recompute activations: less memory, slower steps
+    gradient_checkpointing: bool = False  # recompute activations (UNet and text encoder): less memory, slower
+    enable_xformers_memory_efficient_attention: bool = False  # when xformers is installed; else PyTorch SDPA
+    allow_tf32: bool = False  # TF32 matmuls on Ampere and newer GPUs: faster, slightly less precise
+    memory_profile: str = "auto"  # "auto" turns memory savers on by the GPU's memory; "none" leaves settings as given
+
+    # training state, so a run can resume
+    checkpointing_steps: int | None = 500  # save the full training state every N steps; None = never
+    checkpoints_total_limit: int | None = None  # keep at most N states; None = all
+    resume_from_checkpoint: str | None = None  # "latest", or a state folder (name under training-state/ or path)
+
     seed: int | None = None  # None = nondeterministic training; samples then use seed 0
     validation_prompts: tuple[str, ...] = ()  # sampled after training with DDIM; () = the instance prompt
     num_validation_images: int = 1  # images per validation prompt
@@ -39,24 +79,45 @@ class TrainConfig:
     device: str | None = None  # "cuda" | "cpu"; None = cuda if available (choose via CUDA_VISIBLE_DEVICES)
 
     def __post_init__(self):
-        """Refuse settings the training loop cannot run with."""
+        """Refuse settings the training loop cannot run with; take any sequence where a tuple is due."""
+        for name in ("instance_images", "class_images", "validation_prompts"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         if not self.instance_images:
             raise ValueError("instance_images is empty")
-        if min(self.max_train_steps, self.train_batch_size, self.gradient_accumulation_steps) < 1:
-            raise ValueError("max_train_steps, train_batch_size and gradient_accumulation_steps must be >= 1")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
+        counts = (self.max_train_steps, self.train_batch_size, self.gradient_accumulation_steps, self.sample_batch_size)
+        if min(counts) < 1:
+            raise ValueError(
+                "max_train_steps, train_batch_size, gradient_accumulation_steps and sample_batch_size must be >= 1"
+            )
+        if self.mixed_precision not in MIXED_PRECISIONS:
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, not {self.mixed_precision!r}")
+        if self.memory_profile not in MEMORY_PROFILES:
+            raise ValueError(f"memory_profile must be auto or none, not {self.memory_profile!r}")
+        if self.with_prior_preservation and not self.class_prompt:
+            raise ValueError("with_prior_preservation needs a class_prompt")
+        if self.with_prior_preservation and min(self.num_class_images, self.class_inference_steps) < 1:
+            raise ValueError("num_class_images and class_inference_steps must be >= 1")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise ValueError("snr_gamma must be > 0")
+        for name in ("checkpointing_steps", "checkpoints_total_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None")
+
+    @property
+    def class_cache_dir(self) -> Path:
+        """Where generated class images are cached: cache_dir, else a folder of this run's own."""
+        return self.cache_dir if self.cache_dir is not None else self.output_dir / "cache"
 
 
 @dataclass(frozen=True)
 class Progress:
     """A progress report; step numbers only grow within one phase."""
 
-    phase: str  # "preparing" | "training" | "sampling" | "exporting"
-    step: int  # optimizer steps done
-    total_steps: int  # max_train_steps
+    phase: str  # "preparing" | "generating_class_images" | "training" | "sampling" | "exporting"
+    step: int  # training: optimizer steps done; generating_class_images: images made
+    total_steps: int  # training: max_train_steps; generating_class_images: images needed
     loss: float | None  # mean loss of the last step, when training
-    eta_seconds: float | None  # estimated seconds of training left
+    eta_seconds: float | None  # estimated seconds left in this phase
 
 
 @dataclass(frozen=True)
@@ -70,6 +131,20 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class MemoryPlan:
+    """The memory savers memory_profile "auto" chose, and why."""
+
+    profile: str  # "none" (as asked) | "cpu" | "24gb" | "16gb" | "12gb": the tier the device fell in
+    gpu_memory_gib: float | None  # the GPU's total memory; None on the CPU
+    changes: tuple[tuple[str, object], ...] = ()  # (setting, value) pairs it changed
+
+    def describe(self) -> str:
+        changed = ", ".join(f"{name}={value}" for name, value in self.changes) or "no changes"
+        memory = f"{self.gpu_memory_gib:.0f} GiB GPU" if self.gpu_memory_gib is not None else "no GPU"
+        return f"memory profile {self.profile} ({memory}): {changed}"
+
+
+@dataclass(frozen=True)
 class TrainResult:
     """What a run left behind."""
 
@@ -78,3 +153,6 @@ class TrainResult:
     pipeline_dir: Path | None  # diffusers folder (safetensors) of the trained pipeline
     samples: tuple[Sample, ...]  # validation images, in prompt then index order
     checkpoints: dict[str, Path]  # {"fp16": path, "fp32": path} single files
+    memory_plan: MemoryPlan | None = None  # what memory_profile chose
+    class_images_generated: int = 0  # class images this run made (the rest came from uploads or the cache)
+    resumed_from_step: int = 0  # the saved training state's step this run continued from; 0 = fresh

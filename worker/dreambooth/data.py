@@ -1,11 +1,13 @@
-"""Instance photos as training tensors: PIL and torch only (no torchvision)."""
+"""Photos as training tensors and latents: PIL and torch only (no torchvision)."""
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+ENCODE_BATCH = 8  # photos per VAE call when encoding a whole set up front
 
 
 def load_photo(path: Path, resolution: int) -> Image.Image:
@@ -46,3 +48,55 @@ def batches(count: int, batch_size: int, generator: torch.Generator | None = Non
             pending = torch.cat([pending, torch.randperm(count, generator=generator)])
         yield pending[:batch_size]
         pending = pending[batch_size:]
+
+
+class LatentSource:
+    """Scaled VAE latents of a photo set, drawn afresh from each photo's latent distribution.
+
+    When a photo's crop cannot vary (center crop, or a photo already square at the resolution), every
+    photo is encoded once up front, flipped too when random_flip, and the VAE is not needed afterwards.
+    """
+
+    def __init__(self, vae: torch.nn.Module, photos: Sequence[Image.Image], resolution: int, center_crop: bool,
+                 random_flip: bool):
+        self.vae, self.photos = vae, list(photos)
+        self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
+        self.scale = vae.config.scaling_factor
+        self.precomputed = center_crop or all(photo.size == (resolution, resolution) for photo in self.photos)
+        if self.precomputed:
+            tensors = [to_tensor(photo, resolution, center_crop=True, random_flip=False) for photo in self.photos]
+            pixels = torch.stack(tensors)
+            self.mean, self.std = self._encode(pixels)
+            if random_flip:
+                self.flipped_mean, self.flipped_std = self._encode(pixels.flip(-1))
+            self.vae = None
+
+    @property
+    def needs_vae(self) -> bool:
+        return not self.precomputed
+
+    def __call__(self, indices: torch.Tensor, data_gen: torch.Generator, noise_gen: torch.Generator) -> torch.Tensor:
+        """Latents of the photos at `indices`: crops and flips from data_gen, the latent draw from noise_gen."""
+        if self.precomputed:
+            mean, std = self.mean[indices], self.std[indices]
+            if self.random_flip:
+                flip = (torch.rand(len(indices), generator=data_gen) < 0.5).to(mean.device)[:, None, None, None]
+                mean = torch.where(flip, self.flipped_mean[indices], mean)
+                std = torch.where(flip, self.flipped_std[indices], std)
+        else:
+            tensors = [
+                to_tensor(self.photos[i], self.resolution, self.center_crop, self.random_flip, data_gen)
+                for i in indices.tolist()
+            ]
+            mean, std = self._encode(torch.stack(tensors))
+        noise = torch.randn(mean.shape, generator=noise_gen, device=mean.device, dtype=mean.dtype)
+        return (mean + std * noise) * self.scale
+
+    @torch.no_grad()
+    def _encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        means, stds = [], []
+        for chunk in pixels.split(ENCODE_BATCH):
+            dist = self.vae.encode(chunk.to(self.vae.device, self.vae.dtype)).latent_dist
+            means.append(dist.mean.float())
+            stds.append(dist.std.float())
+        return torch.cat(means), torch.cat(stds)

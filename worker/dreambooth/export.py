@@ -5,15 +5,21 @@ AUTOMATIC1111 and ComfyUI load the CompVis/ldm layout: `model.diffusion_model.*`
 diffusers only converts the other way (loaders/single_file_utils.py), so the tables below are its
 rules read backwards, built from each model's config rather than hard-coded for SD 1.5.
 The text encoder is written in SD 1.x's CLIP layout (SD 2.x's OpenCLIP layout is not produced).
+
+The header carries ModelSpec metadata (github.com/Stability-AI/ModelSpec), the keys AUTOMATIC1111,
+ComfyUI and model browsers read, plus how the model was trained: see `checkpoint_metadata`.
 """
 
+import dataclasses
 import json
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .config import TrainConfig
 from .files import atomic_file
 
 log = logging.getLogger(__name__)
@@ -39,11 +45,62 @@ UNET_RESNET = {
 VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
 VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
+# What every file written here is, in ModelSpec terms; the implementation is the one kohya's
+# sd-scripts names for original-layout SD checkpoints.
+MODELSPEC_LAYOUT = {
+    "modelspec.sai_model_spec": "1.0.0",
+    "modelspec.architecture": "stable-diffusion-v1",
+    "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
+}
+PREDICTION_TYPES = {"epsilon": "epsilon", "v_prediction": "v"}  # diffusers' name -> ModelSpec's
+SD_LICENSE = "CreativeML Open RAIL-M"  # Stable Diffusion 1.x's weights, and so every fine-tune of them
+
+
+def checkpoint_metadata(config: TrainConfig, step: int) -> dict[str, str]:
+    """The header metadata of a trained checkpoint: ModelSpec's descriptive keys and the training settings.
+
+    Values are strings (safetensors allows nothing else); paths on the training machine are left out.
+    """
+    settings = {
+        field.name: list(value) if isinstance(value, tuple) else value
+        for field in dataclasses.fields(config)
+        if not _is_local_path(value := getattr(config, field.name))
+    }
+    description = (
+        f"Dreambooth fine-tune of {config.base_model} on photos of '{config.instance_prompt}', "
+        f"{step} steps at learning rate {config.learning_rate}"
+    )
+    if config.with_prior_preservation:
+        description += f", with prior preservation of '{config.class_prompt}'"
+    metadata = {
+        "modelspec.title": f"{config.instance_prompt} (Dreambooth, step {step})",
+        "modelspec.description": description + ".",
+        "modelspec.date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "modelspec.resolution": f"{config.resolution}x{config.resolution}",
+        "modelspec.trigger_phrase": config.instance_prompt,
+        "modelspec.usage_hint": f"Prompt with '{config.instance_prompt}'; DDIM sampling suits overfit models.",
+        "base_model": config.base_model,
+        "instance_prompt": config.instance_prompt,
+        "step": str(step),
+        "learning_rate": str(config.learning_rate),
+        "settings": json.dumps(settings, sort_keys=True),
+    }
+    if config.class_prompt:
+        metadata["class_prompt"] = config.class_prompt
+    if not config.base_model.startswith("builtin:"):
+        # note: the built-in models are random weights of our own; every other SD 1.x model is a fine-tune
+        # of Stability's weights, whose licence requires passing its use restrictions on
+        metadata["modelspec.license"] = SD_LICENSE
+    return metadata
+
 
 def export_single_file(
     pipeline_dir: Path, out_path: Path, dtype: str = "fp16", metadata: dict[str, str] | None = None
 ) -> Path:
-    """Write the pipeline's UNet, VAE and text encoder as one original-layout .safetensors file."""
+    """Write the pipeline's UNet, VAE and text encoder as one original-layout .safetensors file.
+
+    The header says what the file is (ModelSpec's layout keys, prediction type, a title) and carries `metadata`.
+    """
     tensors = original_state_dict(
         unet=_load_weights(pipeline_dir / "unet"),
         unet_config=_read_json(pipeline_dir / "unet" / "config.json"),
@@ -53,8 +110,17 @@ def export_single_file(
     )
     cast = DTYPES[dtype]
     tensors = {k: (v.to(cast) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+    scheduler = _read_json(pipeline_dir / "scheduler" / "scheduler_config.json")
+    prediction = scheduler.get("prediction_type", "epsilon")
+    header = {
+        "format": "pt",
+        **MODELSPEC_LAYOUT,
+        "modelspec.title": out_path.stem,
+        "modelspec.prediction_type": PREDICTION_TYPES.get(prediction, prediction),
+        **(metadata or {}),
+    }
     with atomic_file(out_path) as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})})
+        save_file(tensors, tmp, metadata=header)
     log.info("exported %d tensors (%s) to %s", len(tensors), dtype, out_path)
     return out_path
 
@@ -190,3 +256,8 @@ def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def _is_local_path(value: object) -> bool:
+    """A path on this machine (or a tuple of them): meaningless to whoever downloads the file."""
+    return isinstance(value, Path) or (isinstance(value, tuple) and any(isinstance(v, Path) for v in value))

@@ -49,6 +49,7 @@ class _Widths:
     text_heads: int  # CLIP attention heads
     norm_groups: int  # GroupNorm groups; SD uses 32, the tiniest widths need fewer
     sample_size: int  # latent side; the pipeline's default image side is 8x this
+    vocab_size: int | None = None  # text embedding rows; None = the generated tokenizer's vocabulary
 
 
 SIZES = {
@@ -56,6 +57,8 @@ SIZES = {
     "tiny": _Widths((8, 16, 32, 32), 8, (8, 16, 32, 32), 32, 2, 4, 8, 8),
     # note: a 35M-parameter UNet, so benchmarks at 128 px measure compute rather than overhead
     "small": _Widths((64, 128, 256, 256), 8, (32, 64, 128, 128), 256, 4, 4, 32, 16),
+    # note: SD 1.5's real widths and CLIP vocabulary size (random weights), for GPU speed and memory benchmarks
+    "full": _Widths((320, 640, 1280, 1280), 8, (128, 256, 512, 512), 768, 12, 12, 32, 64, vocab_size=49408),
 }
 
 
@@ -113,7 +116,7 @@ def _make_vae(w: _Widths) -> AutoencoderKL:
 
 def _make_text_encoder(w: _Widths, tokenizer: CLIPTokenizer) -> CLIPTextModel:
     config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=w.vocab_size or len(tokenizer),
         hidden_size=w.text_hidden,
         intermediate_size=4 * w.text_hidden,
         num_hidden_layers=w.text_layers,

@@ -1,136 +1,215 @@
-"""The Dreambooth loop: teach a base model's UNet a subject from a few photos, then sample and export."""
+"""The Dreambooth loop: teach a base model a subject from a few photos, then sample and export.
 
-import copy
+Options and their meanings follow diffusers' train_dreambooth.py; what differs is how the work is
+done: class images come from a shared cache, photos are VAE-encoded once where their crop cannot vary,
+prompt embeddings are computed once while the text encoder is frozen, and frozen parts leave the GPU
+once they are no longer needed.
+"""
+
+import itertools
 import logging
+import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import free_memory, set_seed
-from PIL import Image
-from transformers import CLIPTokenizer
+from diffusers.training_utils import EMAModel, free_memory, set_seed
+from diffusers.utils.import_utils import is_xformers_available
 
-from .components import Components, load_components
-from .config import Progress, Sample, TrainConfig, TrainResult
-from .data import batches, load_photo, to_tensor
-from .export import export_single_file
+from .components import ComponentCache, Components, frozen_on, load_components, trainable_copy
+from .config import MemoryPlan, Progress, Sample, TrainConfig, TrainResult
+from .data import LatentSource, batches, load_photo
+from .export import checkpoint_metadata, export_single_file
 from .files import atomic_dir
+from .loss import dreambooth_loss, min_snr_weights, sample_noise, training_target
+from .memory import apply_memory_plan, plan_memory
+from .prior import (
+    ClassImageSpec,
+    class_image_folder,
+    class_image_path,
+    evict_class_images,
+    fill_class_images,
+    generation_pipeline,
+)
 from .sample import sample_images
+from .state import find_state, load_state, save_state
 
 log = logging.getLogger(__name__)
 
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+@dataclass
+class _Trainees:
+    """What the loop updates, and everything a saved training state must hold to resume exactly."""
+
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module | None  # only when train_text_encoder
+    ema: EMAModel | None
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    order_gen: torch.Generator  # batch order (replayed from the seed on resume, see _batch_order)
+    data_gen: torch.Generator  # random crops and flips
+    noise_gen: torch.Generator  # latent draws, noise and timesteps, on the training device
+
+    def parameters(self):
+        models = [self.unet] + ([self.text_encoder] if self.text_encoder is not None else [])
+        return itertools.chain.from_iterable(model.parameters() for model in models)
+
+
 def train(
     config: TrainConfig,
     on_progress: Callable[[Progress], None] = lambda p: None,
     should_stop: Callable[[], bool] = lambda: False,
+    models: ComponentCache | None = None,
 ) -> TrainResult:
-    """Fine-tune, sample and export; returns early (stopped=True, nothing exported) once should_stop()."""
+    """Fine-tune, sample and export; returns early (stopped=True, nothing exported) once should_stop().
+
+    With `models`, the base model comes from (and stays in) that cache and is never modified; without
+    it, the base model is loaded for this run alone.
+    """
     total = config.max_train_steps
     on_progress(Progress("preparing", 0, total, None, None))
 
     # ------------------------------------------------------------------ setup
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # note: accelerate keeps process-wide state, but a long-lived worker runs jobs with different settings
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    accelerator = Accelerator(
-        mixed_precision=_supported_mixed_precision(config.mixed_precision, device),
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        cpu=device == "cpu",
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    _release(device)
+    plan = plan_memory(config, device.type, _gpu_memory(device))
+    config = apply_memory_plan(config, plan)
+    log.info(plan.describe())
+    accelerator = _accelerator(config, device)
+    weight_dtype = HALF.get(accelerator.mixed_precision, torch.float32)
+    parts = models.get(config.base_model, config.models_dir, config.revision) if models else load_components(
+        config.base_model, config.models_dir, config.revision
     )
+    state_path = find_state(config.output_dir, config.resume_from_checkpoint) if config.resume_from_checkpoint else None
+    saved = load_state(state_path) if state_path else None
+    if saved:
+        _check_resumable(saved[0], config)
+    base_seed = saved[0]["base_seed"] if saved else _base_seed(config.seed)
     if config.seed is not None:
         set_seed(config.seed)
-    parts = load_components(config.base_model, config.models_dir)
-    weight_dtype = HALF.get(accelerator.mixed_precision, torch.float32)
-    vae = _frozen_copy(parts.vae, accelerator.device, weight_dtype)
-    text_encoder = _frozen_copy(parts.text_encoder, accelerator.device, weight_dtype)
-    unet = parts.unet.to(accelerator.device)
-    unet.train()
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
+
+    # ------------------------------------------------------------------ class images
+    class_paths, generated = (), 0
+    if config.with_prior_preservation:
+        prepared = _class_images(config, parts, device, on_progress, should_stop)
+        if prepared is None:
+            return _stopped(0, plan)
+        class_paths, generated = prepared
+
+    # ------------------------------------------------------------------ models
+    run = _make_trainees(config, parts, accelerator, base_seed, shared=models is not None)
+    start = _restore(saved, run, accelerator, config) if saved else 0
+    if start:
+        log.info("resuming from %s at step %d of %d", state_path, start, total)
 
     # ------------------------------------------------------------------ data
-    # note: the text encoder is frozen and there is one prompt, so its embedding is computed once
-    prompt_embeds = _encode_prompt(parts.tokenizer, text_encoder, config.instance_prompt)
-    photos = [load_photo(path, config.resolution) for path in config.instance_images]
-    latents_for = _latent_sampler(vae, photos, config)
-    next_batch = batches(len(photos), config.train_batch_size)
-
-    # ------------------------------------------------------------------ optimizer
-    lr = config.learning_rate
-    if config.scale_lr:
-        lr *= config.gradient_accumulation_steps * config.train_batch_size * accelerator.num_processes
-    optimizer = _make_optimizer(unet, lr, config, accelerator.device)
-    # note: a prepared scheduler steps once per process, hence the num_processes factors (as the reference)
-    lr_scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=total * accelerator.num_processes,
+    vae = frozen_on(parts.vae, accelerator.device, weight_dtype)
+    instance_latents = LatentSource(
+        vae, [load_photo(p, config.resolution) for p in config.instance_images], config.resolution,
+        config.center_crop, config.random_flip,
     )
-    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-    noise_scheduler = parts.noise_scheduler
+    class_latents = LatentSource(
+        vae, [load_photo(p, config.resolution) for p in class_paths], config.resolution,
+        config.center_crop, config.random_flip,
+    ) if class_paths else None
+    prompts = [config.instance_prompt] + ([config.class_prompt] if class_paths else [])
+    text_encoder = run.text_encoder or frozen_on(parts.text_encoder, accelerator.device, weight_dtype)
+    embed = _PromptEmbeddings(parts.tokenizer, text_encoder, prompts, trained=run.text_encoder is not None)
+    # note: frozen parts whose work is done leave the device (the latent sources keep the VAE if they need it)
+    del text_encoder, vae
+    _release(device)
+    count = max(len(instance_latents.photos), len(class_latents.photos) if class_latents else 0)
+    order = _batch_order(count, config, run.order_gen, start)
 
     # ------------------------------------------------------------------ loop
-    log.info("training %d steps on %s (mixed precision %s)", total, device, accelerator.mixed_precision)
-    started = time.monotonic()
-    step = 0
+    noise_scheduler = parts.noise_scheduler
+    prior_weight = config.prior_loss_weight if class_latents else None
+    trained = [m for m in (run.unet, run.text_encoder) if m is not None]
+    parameters = list(run.parameters())
+    log.info(
+        "training steps %d-%d on %s (mixed precision %s, %s)", start + 1, total, device,
+        accelerator.mixed_precision, "unet + text encoder" if run.text_encoder is not None else "unet",
+    )
+    started, step, step_loss = time.monotonic(), start, torch.zeros(())
     while step < total:
         if should_stop():
-            return _stopped(step)
+            return _stopped(step, plan, generated, start)
         step_loss = torch.zeros((), device=accelerator.device)
         for _ in range(config.gradient_accumulation_steps):
-            with accelerator.accumulate(unet):
-                latents = latents_for(next(next_batch))
-                noise = torch.randn_like(latents)
+            with accelerator.accumulate(*trained):
+                indices = next(order)
+                latents = instance_latents(indices % len(instance_latents.photos), run.data_gen, run.noise_gen)
+                if class_latents:
+                    class_part = class_latents(indices % len(class_latents.photos), run.data_gen, run.noise_gen)
+                    latents = torch.cat([latents, class_part])
+                noise = sample_noise(latents, config.offset_noise, run.noise_gen)
                 timesteps = torch.randint(
-                    0, noise_scheduler.config.num_train_timesteps, (len(latents),), device=latents.device
+                    0, noise_scheduler.config.num_train_timesteps, (len(latents),),
+                    generator=run.noise_gen, device=latents.device,
                 )
                 noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-                encoder_hidden_states = prompt_embeds.expand(len(latents), -1, -1)
-                model_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
-                target = _target(noise_scheduler, latents, noise, timesteps)
-                loss = F.mse_loss(model_pred.float(), target.float())
+                hidden_states = embed(len(indices), len(indices) if class_latents else 0)
+                model_pred = run.unet(noisy_latents, timesteps, hidden_states).sample
+                target = training_target(noise_scheduler, latents, noise, timesteps)
+                weights = None
+                if config.snr_gamma is not None:
+                    weights = min_snr_weights(noise_scheduler, timesteps[: len(indices)], config.snr_gamma)
+                loss = dreambooth_loss(model_pred, target, prior_weight, weights)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                    accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+                run.optimizer.step()
+                run.lr_scheduler.step()
+                run.optimizer.zero_grad(set_to_none=True)
             step_loss += loss.detach() / config.gradient_accumulation_steps
+        if run.ema is not None:
+            run.ema.step(run.unet.parameters())
         step += 1
+        if config.checkpointing_steps and step % config.checkpointing_steps == 0:
+            _save(config, run, accelerator, step, base_seed)
         elapsed = time.monotonic() - started
-        on_progress(Progress("training", step, total, step_loss.item(), elapsed / step * (total - step)))
-    log.info("trained %d steps in %.1fs, last loss %.4f", step, time.monotonic() - started, step_loss.item())
+        on_progress(Progress("training", step, total, step_loss.item(), elapsed / (step - start) * (total - step)))
+    log.info("trained to step %d in %.1fs, last loss %.4f", step, time.monotonic() - started, step_loss.item())
 
     # ------------------------------------------------------------------ sample
     if should_stop():
-        return _stopped(step)
+        return _stopped(step, plan, generated, start)
     on_progress(Progress("sampling", step, total, None, 0.0))
-    unet = accelerator.unwrap_model(unet).eval()
-    del optimizer, lr_scheduler, vae, text_encoder
-    free_memory()
-    # note: the pipeline gets the untouched fp32 frozen parts, so exports hold the base weights exactly
-    pipeline = _pipeline(parts, unet).to(accelerator.device)
+    unet = accelerator.unwrap_model(run.unet).eval()
+    if run.ema is not None:
+        run.ema.copy_to(unet.parameters())
+    text_encoder = accelerator.unwrap_model(run.text_encoder).eval() if run.text_encoder is not None else None
+    del run, embed, instance_latents, class_latents, order, trained, parameters
+    _release(device)
+    pipeline = _pipeline(
+        parts,
+        unet,
+        vae=frozen_on(parts.vae, accelerator.device, weight_dtype),
+        text_encoder=text_encoder or frozen_on(parts.text_encoder, accelerator.device, weight_dtype),
+    )
     with accelerator.autocast():
         samples = _validation_samples(pipeline, config, step)
+    del pipeline
 
     # ------------------------------------------------------------------ export
     if should_stop():
-        return _stopped(step)
+        return _stopped(step, plan, generated, start)
     on_progress(Progress("exporting", step, total, None, 0.0))
     pipeline_dir = config.output_dir / "pipeline"
+    # note: the exported pipeline holds the untouched fp32 frozen parts, so exports carry the base weights exactly
+    export = _pipeline(parts, unet, vae=parts.vae, text_encoder=text_encoder or parts.text_encoder)
     with atomic_dir(pipeline_dir) as tmp:
-        pipeline.save_pretrained(tmp, safe_serialization=True)
-    metadata = {"base_model": config.base_model, "instance_prompt": config.instance_prompt, "step": str(step)}
+        export.save_pretrained(tmp, safe_serialization=True)
+    del export, unet, text_encoder
+    _release(device)
+    metadata = checkpoint_metadata(config, step)
     checkpoints = {}
     for dtype in ("fp16", "fp32"):
         path = config.output_dir / "checkpoints" / f"model-{dtype}.safetensors"
@@ -141,6 +220,39 @@ def train(
         pipeline_dir=pipeline_dir,
         samples=tuple(samples),
         checkpoints=checkpoints,
+        memory_plan=plan,
+        class_images_generated=generated,
+        resumed_from_step=start,
+    )
+
+
+# ---------------------------------------------------------------------- setup helpers
+
+
+def _release(device: torch.device) -> None:
+    """Hand freed GPU memory back; on the CPU, dropped tensors are already freed (and gc.collect is slow)."""
+    if device.type == "cuda":
+        free_memory()
+
+
+def _gpu_memory(device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory
+
+
+def _accelerator(config: TrainConfig, device: torch.device) -> Accelerator:
+    if device.type == "cuda":
+        # note: a job's shapes never change, so cuDNN's search for the fastest convolutions pays off
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
+    # note: accelerate keeps process-wide state, but a long-lived worker runs jobs with different settings
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    return Accelerator(
+        mixed_precision=_supported_mixed_precision(config.mixed_precision, device.type),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        cpu=device.type == "cpu",
     )
 
 
@@ -155,78 +267,216 @@ def _supported_mixed_precision(requested: str, device: str) -> str:
     return requested
 
 
-def _frozen_copy(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """The model frozen on `device`; in half precision it is a copy, leaving the fp32 original for export."""
-    model.requires_grad_(False)
-    if dtype == torch.float32:
-        return model.to(device)
-    return copy.deepcopy(model).to(device, dtype=dtype)
+def _base_seed(seed: int | None) -> int:
+    """The seed of the run's random generators: the config's, else a fresh one (saved with the state)."""
+    return seed if seed is not None else random.SystemRandom().randrange(2**31)
 
 
-@torch.no_grad()
-def _encode_prompt(tokenizer: CLIPTokenizer, text_encoder: torch.nn.Module, prompt: str) -> torch.Tensor:
-    max_length = tokenizer.model_max_length
-    ids = tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
-    return text_encoder(ids.input_ids.to(text_encoder.device)).last_hidden_state
-
-
-def _latent_sampler(
-    vae: torch.nn.Module, photos: list[Image.Image], config: TrainConfig
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Return indices -> scaled latents, encoding once up front when every crop is the same."""
-    scale = vae.config.scaling_factor
-
-    @torch.no_grad()
-    def encode(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels = torch.stack(
-            [to_tensor(photos[i], config.resolution, config.center_crop, config.random_flip) for i in indices]
-        )
-        dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-        return dist.mean.float(), dist.std.float()
-
-    def sample(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        return (mean + std * torch.randn_like(mean)) * scale
-
-    if config.center_crop and not config.random_flip:
-        # note: keep the distribution, not one draw, so each step still samples fresh latents as the reference
-        encoded = [encode(torch.tensor([i])) for i in range(len(photos))]
-        means, stds = torch.cat([m for m, _ in encoded]), torch.cat([s for _, s in encoded])
-        return lambda indices: sample(means[indices], stds[indices])
-    return lambda indices: sample(*encode(indices))
-
-
-def _make_optimizer(
-    unet: torch.nn.Module, lr: float, config: TrainConfig, device: torch.device
-) -> torch.optim.Optimizer:
-    kwargs = dict(
-        lr=lr,
-        betas=(config.adam_beta1, config.adam_beta2),
-        weight_decay=config.adam_weight_decay,
-        eps=config.adam_epsilon,
+def _make_trainees(
+    config: TrainConfig, parts: Components, accelerator: Accelerator, base_seed: int, shared: bool
+) -> _Trainees:
+    """Trainable copies, optimizer, schedule, EMA and generators, prepared by accelerate."""
+    device = accelerator.device
+    unet = trainable_copy(parts.unet, shared).to(device)
+    text_encoder = trainable_copy(parts.text_encoder, shared).to(device) if config.train_text_encoder else None
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if text_encoder is not None:
+            text_encoder.activation_checkpointing_enable()
+    if config.enable_xformers_memory_efficient_attention:
+        if is_xformers_available():
+            unet.enable_xformers_memory_efficient_attention()
+        else:
+            log.warning("xformers is not installed; using PyTorch's scaled-dot-product attention")
+    ema = None
+    if config.use_ema:
+        ema = EMAModel(unet.parameters(), model_cls=UNet2DConditionModel, model_config=unet.config, foreach=True)
+    scale = config.gradient_accumulation_steps * config.train_batch_size * accelerator.num_processes
+    lr = config.learning_rate * (scale if config.scale_lr else 1)
+    groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": lr}]
+    if text_encoder is not None:
+        text_lr = (config.text_encoder_lr or config.learning_rate) * (scale if config.scale_lr else 1)
+        groups.append({"params": [p for p in text_encoder.parameters() if p.requires_grad], "lr": text_lr})
+    optimizer = _make_optimizer(groups, config, device)
+    # note: a prepared scheduler steps once per process, hence the num_processes factors (as the reference)
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=config.max_train_steps * accelerator.num_processes,
+        num_cycles=config.lr_num_cycles,
+        power=config.lr_power,
     )
-    params = [p for p in unet.parameters() if p.requires_grad]
+    if text_encoder is not None:
+        unet, text_encoder, optimizer, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)
+    else:
+        unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    return _Trainees(
+        unet=unet,
+        text_encoder=text_encoder,
+        ema=ema,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        order_gen=torch.Generator().manual_seed(base_seed),
+        data_gen=torch.Generator().manual_seed(base_seed + 1),
+        noise_gen=torch.Generator(device).manual_seed(base_seed + 2),
+    )
+
+
+def _make_optimizer(groups: list[dict], config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    kwargs = dict(betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.adam_weight_decay,
+                  eps=config.adam_epsilon)
     if config.use_8bit_adam:
         # note: imported only when asked for; bitsandbytes probes the GPU at import time
         import bitsandbytes as bnb
 
-        return bnb.optim.AdamW8bit(params, **kwargs)
-    return torch.optim.AdamW(params, fused=device.type in ("cuda", "cpu"), **kwargs)
+        return bnb.optim.AdamW8bit(groups, **kwargs)
+    # note: the fused kernel updates all parameters in one pass: faster, and no per-tensor temporaries
+    return torch.optim.AdamW(groups, fused=device.type in ("cuda", "cpu"), **kwargs)
 
 
-def _target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor):
-    """What the UNet learns to predict, per the base model's scheduler config."""
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, timesteps)
-    raise ValueError(f"unsupported prediction type {kind!r}")
+def _batch_order(count: int, config: TrainConfig, generator: torch.Generator, start_step: int):
+    """Index batches into the photo set; on resume, replayed up to where the saved run stopped."""
+    order = batches(count, config.train_batch_size, generator)
+    for _ in range(start_step * config.gradient_accumulation_steps):
+        next(order)
+    return order
 
 
-def _pipeline(parts: Components, unet: torch.nn.Module) -> StableDiffusionPipeline:
+# ---------------------------------------------------------------------- class images
+
+
+def _class_images(
+    config: TrainConfig,
+    parts: Components,
+    device: torch.device,
+    on_progress: Callable[[Progress], None],
+    should_stop: Callable[[], bool],
+) -> tuple[tuple, int] | None:
+    """Uploaded class photos first, then generated ones from the cache: (paths, generated now), or None if stopped."""
+    uploaded = config.class_images[: config.num_class_images]
+    needed = config.num_class_images - len(uploaded)
+    if needed == 0:
+        return uploaded, 0
+    spec = ClassImageSpec(
+        model=parts.identity,
+        prompt=config.class_prompt,
+        negative_prompt=config.class_negative_prompt,
+        resolution=config.resolution,
+        num_inference_steps=config.class_inference_steps,
+        guidance_scale=config.class_guidance_scale,
+    )
+    folder = class_image_folder(config.class_cache_dir, spec)
+    started = time.monotonic()
+
+    def report(made: int, total: int) -> None:
+        eta = (time.monotonic() - started) / made * (total - made) if made else None
+        on_progress(Progress("generating_class_images", made, total, None, eta))
+
+    generated = fill_class_images(
+        folder, spec, needed, lambda: generation_pipeline(parts, device), config.sample_batch_size,
+        report, should_stop,
+    )
+    _release(device)
+    if generated is None:
+        return None
+    evict_class_images(config.class_cache_dir, config.class_cache_max_bytes, keep=folder)
+    return uploaded + tuple(class_image_path(folder, i) for i in range(needed)), generated
+
+
+# ---------------------------------------------------------------------- prompts
+
+
+class _PromptEmbeddings:
+    """Text-encoder outputs for the instance prompt (and the class prompt) expanded to a batch.
+
+    The prompts are the same for every image of a half-batch, so the encoder runs on the distinct
+    prompts only: once up front when frozen, once per micro-step (with gradients) when trained.
+    """
+
+    def __init__(self, tokenizer, text_encoder: torch.nn.Module, prompts: list[str], trained: bool):
+        ids = tokenizer(
+            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        self.ids = ids.to(text_encoder.device)
+        self.text_encoder = text_encoder if trained else None
+        if not trained:
+            with torch.no_grad():
+                self.cached = text_encoder(self.ids).last_hidden_state
+
+    def __call__(self, instances: int, classes: int) -> torch.Tensor:
+        embeddings = self.cached if self.text_encoder is None else self.text_encoder(self.ids).last_hidden_state
+        which = torch.tensor([0] * instances + [1] * classes, device=embeddings.device)
+        return embeddings[which]
+
+
+# ---------------------------------------------------------------------- training state
+
+
+def _save(config: TrainConfig, run: _Trainees, accelerator: Accelerator, step: int, base_seed: int) -> None:
+    weights = {"unet": accelerator.unwrap_model(run.unet).state_dict()}
+    if run.text_encoder is not None:
+        weights["text_encoder"] = accelerator.unwrap_model(run.text_encoder).state_dict()
+    trainer = {
+        "optimizer": run.optimizer.state_dict(),
+        "lr_scheduler": run.lr_scheduler.state_dict(),
+        "ema": run.ema.state_dict() if run.ema is not None else None,
+        "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+        # note: not order_gen: the batch order is replayed from the seed (see _batch_order)
+        "generators": {name: getattr(run, name).get_state() for name in ("data_gen", "noise_gen")},
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    info = {
+        "base_seed": base_seed,
+        "base_model": config.base_model,
+        "train_text_encoder": config.train_text_encoder,
+        "use_ema": config.use_ema,
+        "optimizer": type(run.optimizer.optimizer).__name__,
+    }
+    save_state(config.output_dir, step, weights, trainer, info, config.checkpoints_total_limit)
+
+
+def _check_resumable(info: dict, config: TrainConfig) -> None:
+    """Refuse a saved state of a different kind of run (its weights or moments would not fit)."""
+    for name in ("base_model", "train_text_encoder", "use_ema"):
+        if info[name] != getattr(config, name):
+            raise ValueError(f"the saved training state has {name}={info[name]!r}, this run {getattr(config, name)!r}")
+
+
+def _restore(saved: tuple, run: _Trainees, accelerator: Accelerator, config: TrainConfig) -> int:
+    """Load a saved state into the run; returns its step."""
+    info, weights, trainer = saved
+    accelerator.unwrap_model(run.unet).load_state_dict(weights["unet"])
+    if run.text_encoder is not None:
+        accelerator.unwrap_model(run.text_encoder).load_state_dict(weights["text_encoder"])
+    if info["optimizer"] == type(run.optimizer.optimizer).__name__:
+        run.optimizer.load_state_dict(trainer["optimizer"])
+    else:
+        # note: memory_profile "auto" may pick another optimizer on another GPU; its moments then start afresh
+        log.warning("saved optimizer %s differs from this run's; its state starts afresh", info["optimizer"])
+    run.lr_scheduler.load_state_dict(trainer["lr_scheduler"])
+    if run.ema is not None:
+        run.ema.load_state_dict(trainer["ema"])
+        run.ema.to(accelerator.device)
+    if accelerator.scaler is not None and trainer["scaler"]:
+        accelerator.scaler.load_state_dict(trainer["scaler"])
+    for name, state in trainer["generators"].items():
+        getattr(run, name).set_state(state)
+    torch.set_rng_state(trainer["torch_rng"])
+    if trainer["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(trainer["cuda_rng"])
+    return info["step"]
+
+
+# ---------------------------------------------------------------------- sampling
+
+
+def _pipeline(parts: Components, unet: torch.nn.Module, vae, text_encoder) -> StableDiffusionPipeline:
     return StableDiffusionPipeline(
-        vae=parts.vae,
-        text_encoder=parts.text_encoder,
+        vae=vae,
+        text_encoder=text_encoder,
         tokenizer=parts.tokenizer,
         unet=unet,
         # note: the study found DDIM best on overfit models, so the saved pipeline defaults to it
@@ -254,6 +504,9 @@ def _validation_samples(pipeline: StableDiffusionPipeline, config: TrainConfig, 
     )
 
 
-def _stopped(step: int) -> TrainResult:
+def _stopped(step: int, plan: MemoryPlan, generated: int = 0, start: int = 0) -> TrainResult:
     log.info("stopped at step %d", step)
-    return TrainResult(stopped=True, final_step=step, pipeline_dir=None, samples=(), checkpoints={})
+    return TrainResult(
+        stopped=True, final_step=step, pipeline_dir=None, samples=(), checkpoints={}, memory_plan=plan,
+        class_images_generated=generated, resumed_from_step=start,
+    )

@@ -98,3 +98,11 @@ def trained(
     )
     progress: list[Progress] = []
     return config, train(config, progress.append), progress
+
+
+@pytest.fixture(scope="session")
+def component_cache():
+    """A base-model cache shared by the session's runs, as a worker keeps one between jobs."""
+    from worker.dreambooth.components import ComponentCache
+
+    return ComponentCache()

@@ -1,5 +1,7 @@
 """The single-file export in the original Stable Diffusion layout."""
 
+import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from safetensors import safe_open
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from worker.dreambooth.config import Progress, TrainConfig, TrainResult
-from worker.dreambooth.export import original_state_dict
+from worker.dreambooth.export import checkpoint_metadata, original_state_dict
 
 Run = tuple[TrainConfig, TrainResult, list[Progress]]
 PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.text_model.")
@@ -78,8 +80,8 @@ def test_fp16_file_round_trips_within_fp16_precision(trained: Run, trained_pipel
             torch.testing.assert_close(loaded[name][key].float(), value.float(), rtol=1e-3, atol=1e-6)
 
 
-def test_file_has_original_layout_dtypes_and_metadata(trained: Run):
-    config, result, _ = trained
+def test_file_has_original_layout_and_dtypes(trained: Run):
+    _, result, _ = trained
     for dtype, float_type in (("fp16", torch.float16), ("fp32", torch.float32)):
         with safe_open(result.checkpoints[dtype], "pt") as f:
             keys = set(f.keys())
@@ -90,8 +92,48 @@ def test_file_has_original_layout_dtypes_and_metadata(trained: Run):
             assert f.get_slice("first_stage_model.decoder.mid.attn_1.q.weight").get_shape()[2:] == [1, 1]
             tensors = [f.get_tensor(key) for key in keys]
             assert {t.dtype for t in tensors if t.is_floating_point()} == {float_type}
-            assert f.metadata()["base_model"] == config.base_model
-            assert f.metadata()["step"] == str(result.final_step)
+
+
+def test_file_header_describes_the_model_for_automatic1111_and_comfyui(trained: Run):
+    config, result, _ = trained
+    for dtype in ("fp16", "fp32"):
+        with safe_open(result.checkpoints[dtype], "pt") as f:
+            metadata = f.metadata()
+        assert all(isinstance(value, str) for value in metadata.values())
+        assert metadata["format"] == "pt"
+        assert metadata["modelspec.sai_model_spec"] == "1.0.0"
+        assert metadata["modelspec.architecture"] == "stable-diffusion-v1"
+        assert metadata["modelspec.implementation"] == "https://github.com/Stability-AI/generative-models"
+        assert metadata["modelspec.prediction_type"] == "epsilon"
+        assert metadata["modelspec.resolution"] == f"{config.resolution}x{config.resolution}"
+        assert metadata["modelspec.title"] == f"a photo of sks toy (Dreambooth, step {result.final_step})"
+        assert datetime.fromisoformat(metadata["modelspec.date"]).tzinfo is not None
+        assert "modelspec.license" not in metadata  # note: builtin:tiny is random weights, under no licence
+        assert metadata["base_model"] == config.base_model == "builtin:tiny"
+        assert metadata["instance_prompt"] == metadata["modelspec.trigger_phrase"] == config.instance_prompt
+        assert metadata["step"] == str(result.final_step)
+        assert float(metadata["learning_rate"]) == config.learning_rate
+        settings = json.loads(metadata["settings"])
+        assert settings["max_train_steps"] == config.max_train_steps
+        assert settings["validation_prompts"] == list(config.validation_prompts)
+        assert str(config.output_dir) not in metadata["settings"]  # note: nothing of the server's file layout
+        assert {"instance_images", "output_dir", "models_dir"}.isdisjoint(settings)
+
+
+def test_metadata_names_the_class_and_licence_of_a_stable_diffusion_fine_tune(make_config, tmp_path: Path):
+    config = make_config(
+        tmp_path,
+        base_model="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        with_prior_preservation=True,
+        class_prompt="a photo of a toy",
+        learning_rate=2e-6,
+    )
+    metadata = checkpoint_metadata(config, 400)
+    assert metadata["class_prompt"] == "a photo of a toy"
+    assert metadata["modelspec.license"] == "CreativeML Open RAIL-M"
+    assert metadata["learning_rate"] == "2e-06"
+    assert "a photo of a toy" in metadata["modelspec.description"]
+    assert json.loads(metadata["settings"])["with_prior_preservation"] is True
 
 
 def sd15_state_dicts() -> tuple[dict, dict, dict]:

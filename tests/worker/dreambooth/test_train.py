@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from worker.dreambooth.config import Progress, TrainConfig, TrainResult
+from worker.dreambooth.config import MemoryPlan, Progress, TrainConfig, TrainResult
 from worker.dreambooth.train import train
 
 Run = tuple[TrainConfig, TrainResult, list[Progress]]
@@ -60,7 +60,9 @@ def test_should_stop_ends_early_without_exports(
     config = make_config(tmp_path / "out", max_train_steps=10, mixed_precision="fp16")
     with caplog.at_level(logging.WARNING):
         result = train(config, lambda p: steps.append(p.step), should_stop=lambda: len(steps) > 2)
-    assert result == TrainResult(stopped=True, final_step=2, pipeline_dir=None, samples=(), checkpoints={})
+    assert result == TrainResult(
+        stopped=True, final_step=2, pipeline_dir=None, samples=(), checkpoints={}, memory_plan=MemoryPlan("cpu", None)
+    )
     assert not (tmp_path / "out").exists()
     assert "fp16 is not supported on cpu" in caplog.text
 
