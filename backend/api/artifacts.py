@@ -1,20 +1,24 @@
-"""Downloads of a job's files: its checkpoints and its sample images."""
+"""Downloads of a job's files: its checkpoints and its sample images.
 
-import mimetypes
+Files stream from disk with Content-Length and an ETag; Starlette's FileResponse answers Range and
+If-Range (206, 416), so an interrupted multi-gigabyte download resumes; If-None-Match answers 304 here.
+"""
+
 import uuid
-from pathlib import PurePath
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import FileResponse, Response
 
-from backend import jobs, storage
+from backend import exports, jobs, storage
 from backend.auth import CurrentUser
 from backend.db import SessionDep
-from backend.errors import Conflict, NotFound
-from backend.models import Artifact, JobStatus
+from backend.errors import NotFound
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+
+IfNoneMatch = Annotated[str | None, Header(description="An ETag from an earlier download: 304 if unchanged")]
 
 
 @router.get("/{job_id}/checkpoint", response_class=FileResponse)
@@ -22,45 +26,44 @@ def download_checkpoint(
     job_id: uuid.UUID,
     session: SessionDep,
     user: CurrentUser,
-    checkpoint_format: Annotated[Literal["single", "diffusers", "lora"], Query(alias="format")] = "single",
-    dtype: Literal["fp16", "fp32"] = "fp16",
+    checkpoint_format: Annotated[exports.Format, Query(alias="format")] = "single",
+    dtype: exports.Dtype = "fp16",
     step: Annotated[int | None, Query(ge=0, description="A kept earlier step; default: last")] = None,
-) -> FileResponse:
-    """The trained model: `single` is one .safetensors file in the original Stable Diffusion layout."""
-    job = jobs.get_job(session, user, job_id)
-    if job.status != JobStatus.succeeded:
-        raise Conflict(f"the job is {job.status}; checkpoints can be downloaded once it has succeeded")
-    matches = [
-        artifact
-        for artifact in job.artifacts
-        if artifact.kind == "checkpoint"
-        and (artifact.format or "single") == checkpoint_format
-        and artifact.dtype == dtype
-        and (step is None or artifact.step == step)
-    ]
-    if not matches:
-        at_step = f" at step {step}" if step is not None else ""
-        raise NotFound(f"this job has no {checkpoint_format} {dtype} checkpoint{at_step}")
-    checkpoint = max(matches, key=lambda artifact: artifact.step)
-    name = f"dreambooth-{job.id.hex[:8]}-step{checkpoint.step}-{dtype}{PurePath(checkpoint.path).suffix}"
-    return _file(checkpoint, name)
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    """The trained model: `single` is one .safetensors file in the original Stable Diffusion layout,
+    `diffusers` a zip of the pipeline folder (DDIM scheduler), built on the first request and then kept."""
+    download = exports.checkpoint_download(jobs.get_job(session, user, job_id), checkpoint_format, dtype, step)
+    # note: building and sending take minutes for a real model; hold no database connection meanwhile
+    session.close()
+    return _file(download.ready(), download.filename, download.media_type, if_none_match)
 
 
 @router.get("/{job_id}/samples/{sample_id}", response_class=FileResponse)
-def sample_image(job_id: uuid.UUID, sample_id: int, session: SessionDep, user: CurrentUser) -> FileResponse:
+def sample_image(
+    job_id: uuid.UUID, sample_id: int, session: SessionDep, user: CurrentUser, if_none_match: IfNoneMatch = None
+) -> Response:
     """One sample image (PNG) the job made while training."""
     job = jobs.get_job(session, user, job_id)
     sample = next((a for a in job.artifacts if a.id == sample_id and a.kind == "sample"), None)
     if sample is None:
         raise NotFound(f"job {job_id} has no sample {sample_id}")
-    return _file(sample, f"dreambooth-{job.id.hex[:8]}-step{sample.step}-sample{sample.id}.png", "inline")
+    filename = f"{exports.download_stem(job)}-step{sample.step}-sample{sample.id}.png"
+    return _file(storage.resolve(sample.path), filename, "image/png", if_none_match, "inline")
 
 
-def _file(artifact: Artifact, filename: str, disposition: str = "attachment") -> FileResponse:
-    media_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
-    return FileResponse(
-        storage.resolve(artifact.path),
-        media_type=media_type,
-        filename=filename,
-        content_disposition_type=disposition,
+def _file(
+    path: Path, filename: str, media_type: str, if_none_match: str | None, disposition: str = "attachment"
+) -> Response:
+    response = FileResponse(
+        path, media_type=media_type, filename=filename, content_disposition_type=disposition, stat_result=path.stat()
     )
+    etag = response.headers["etag"]
+    if if_none_match and (if_none_match.strip() == "*" or etag in _etags(if_none_match)):
+        return Response(status_code=304, headers={"ETag": etag})
+    return response
+
+
+def _etags(header: str) -> set[str]:
+    """The entity tags of an If-None-Match header, compared weakly (RFC 9110 13.1.2)."""
+    return {tag.strip().removeprefix("W/") for tag in header.split(",")}

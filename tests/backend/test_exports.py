@@ -1,0 +1,180 @@
+"""Exports built from a job's files without torch: diffusers zips, fp16 weights, and the build-once cache."""
+
+import json
+import threading
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+
+from backend.exports import (
+    build_diffusers_zip,
+    build_once,
+    ddim_scheduler_config,
+    download_stem,
+    write_safetensors,
+)
+from backend.models import Job
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A diffusers pipeline folder of the builtin tiny model (PNDM scheduler, fp32 safetensors weights)."""
+    from worker.dreambooth.tiny import make_model
+
+    return make_model(tmp_path_factory.mktemp("tiny") / "pipeline")
+
+
+def converted(folder: Path, tensors: dict[str, np.ndarray], dtype: str, metadata: dict | None = None) -> Path:
+    """`tensors` saved by safetensors, then copied by write_safetensors in `dtype`."""
+    source, target = folder / "source.safetensors", folder / "target.safetensors"
+    save_file(tensors, source, metadata=metadata)
+    with target.open("wb") as file:
+        write_safetensors(source, file, dtype)
+    return target
+
+
+def test_weights_are_cast_to_fp16_one_tensor_at_a_time_keeping_integers_and_metadata(tmp_path):
+    tensors = {
+        "weight": np.linspace(-2, 2, 12, dtype=np.float32).reshape(3, 4),
+        "odd": np.arange(3, dtype=np.float32),  # note: 6 bytes in fp16, so the next tensor would sit unaligned
+        "ids": np.arange(5, dtype=np.int64),
+        "double": np.ones(2, dtype=np.float64),
+    }
+    path = converted(tmp_path, tensors, "fp16", {"format": "pt"})
+    loaded = load_file(path)
+    assert {name: array.dtype for name, array in loaded.items()} == {
+        "weight": np.float16, "odd": np.float16, "ids": np.int64, "double": np.float16
+    }  # fmt: skip
+    for name, array in tensors.items():
+        np.testing.assert_array_equal(loaded[name], array.astype(loaded[name].dtype))
+    with safe_open(path, "np") as f:
+        assert f.metadata() == {"format": "pt"}
+    header_size = int.from_bytes(path.read_bytes()[:8], "little")
+    header = json.loads(path.read_bytes()[8 : 8 + header_size])
+    assert header_size % 8 == 0 and header["ids"]["data_offsets"][0] % 8 == 0
+
+
+def test_fp32_copy_holds_the_same_tensors(tmp_path):
+    tensors = {"a": np.random.default_rng(0).standard_normal((4, 4), dtype=np.float32), "b": np.ones(1, np.float16)}
+    loaded = load_file(converted(tmp_path, tensors, "fp32"))
+    np.testing.assert_array_equal(loaded["a"], tensors["a"])
+    assert loaded["b"].dtype == np.float32
+
+
+def test_ddim_config_keeps_the_noise_schedule():
+    pndm = {
+        "_class_name": "PNDMScheduler",
+        "_diffusers_version": "0.42.0",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "num_train_timesteps": 1000,
+        "skip_prk_steps": True,
+        "set_alpha_to_one": True,
+        "steps_offset": 1,
+        "prediction_type": "epsilon",
+    }
+    assert ddim_scheduler_config(pndm) == {
+        "_class_name": "DDIMScheduler",
+        "_diffusers_version": "0.42.0",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+    }
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_diffusers_zip_loads_with_from_pretrained_and_samples_with_ddim(tiny_pipeline, tmp_path, dtype):
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    archive = tmp_path / "model.zip"
+    build_diffusers_zip(tiny_pipeline, archive, dtype, "rufus-dog-step3-" + dtype)
+    with zipfile.ZipFile(archive) as zipped:
+        assert zipped.testzip() is None
+        assert {name.split("/")[0] for name in zipped.namelist()} == {"rufus-dog-step3-" + dtype}
+        zipped.extractall(tmp_path / "unzipped")
+    folder = tmp_path / "unzipped" / ("rufus-dog-step3-" + dtype)
+    torch_dtype = {"fp16": torch.float16, "fp32": torch.float32}[dtype]
+    loaded = StableDiffusionPipeline.from_pretrained(folder, dtype=torch_dtype)
+    original = StableDiffusionPipeline.from_pretrained(tiny_pipeline)
+
+    assert isinstance(loaded.scheduler, DDIMScheduler)
+    assert not loaded.scheduler.config.clip_sample and not loaded.scheduler.config.set_alpha_to_one
+    assert loaded.scheduler.config.beta_schedule == original.scheduler.config.beta_schedule
+    for part in ("unet", "vae", "text_encoder"):
+        with safe_open(next((folder / part).glob("*.safetensors")), "np") as weights:
+            assert {weights.get_slice(name).get_dtype() for name in weights.keys()} == {dtype.replace("fp", "F")}
+        expected = getattr(original, part).state_dict()
+        for name, value in getattr(loaded, part).state_dict().items():
+            assert value.dtype == torch_dtype, f"{part}.{name}"
+            assert torch.equal(value, expected[name].to(torch_dtype)), f"{part}.{name}"
+    image = loaded.to(torch.float32)("a photo of rufus", num_inference_steps=2, output_type="np", height=64, width=64)
+    assert image.images.shape == (1, 64, 64, 3)
+
+
+def test_concurrent_callers_build_once_and_all_get_the_whole_file(tmp_path):
+    builds = []
+
+    def slow_build(tmp: Path) -> None:
+        builds.append(tmp)
+        tmp.write_bytes(b"half")
+        time.sleep(0.3)
+        with tmp.open("ab") as file:
+            file.write(b" and whole")
+
+    target = tmp_path / "exports" / "model.zip"
+    start = threading.Barrier(4)
+    results = []
+
+    def request() -> None:
+        start.wait()
+        results.append(build_once(target, slow_build).read_bytes())
+
+    threads = [threading.Thread(target=request) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1
+    assert results == [b"half and whole"] * 4
+    assert sorted(path.name for path in target.parent.iterdir()) == [".model.zip.lock", "model.zip"]
+
+
+def test_a_failed_build_leaves_nothing_and_the_next_request_builds_again(tmp_path):
+    target = tmp_path / "model.zip"
+
+    def failing(tmp: Path) -> None:
+        tmp.write_bytes(b"partial")
+        raise OSError("disk went away")
+
+    with pytest.raises(OSError, match="disk went away"):
+        build_once(target, failing)
+    assert not target.exists() and not (tmp_path / ".model.zip.tmp").exists()
+    assert build_once(target, lambda tmp: tmp.write_bytes(b"whole")).read_bytes() == b"whole"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "stem"),
+    [
+        ("a photo of rufus the dog", "rufus-dog"),
+        ("A photo of sks toy", "sks-toy"),
+        ("Ein Foto von Café-Hund «Bello» / ../etc", "ein-foto-von-cafe-hund-bello-etc"),
+        ("a photo of a " + "very " * 20 + "good dog", "very-very-very-very-very-very-very-very"),
+        ("a photo of the", "dreambooth-12345678"),
+    ],
+)
+def test_download_names_come_from_the_subject_of_the_instance_prompt(prompt, stem):
+    job = Job(id=uuid.UUID("12345678" + "0" * 24), settings={"instance_prompt": prompt})
+    assert download_stem(job) == stem
