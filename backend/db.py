@@ -1,6 +1,6 @@
 """The database engine, sessions, and the `SessionDep` dependency."""
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from functools import lru_cache
 from typing import Annotated
 
@@ -9,6 +9,11 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.settings import get_settings
+
+
+POOL_SIZE, POOL_OVERFLOW = 10, 20
+# API requests let through at once (backend/bulkhead.py): fewer than the pool's connections.
+MAX_CONCURRENT_REQUESTS = POOL_SIZE + POOL_OVERFLOW - 10
 
 
 def make_engine(url: str) -> Engine:
@@ -25,7 +30,7 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
 
 
 @lru_cache
@@ -38,7 +43,13 @@ def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(get_engine(), expire_on_commit=False)
 
 
-def get_db() -> Iterator[Session]:
+async def get_db() -> AsyncIterator[Session]:
+    """A session for one request (used by the sync routes in their worker threads).
+
+    note: async on purpose. FastAPI runs a sync dependency's clean-up in the thread pool, so under
+    load every thread could sit waiting for a pooled connection that only such a clean-up would
+    give back: a deadlock. Closing here, on the event loop, always gives the connection back.
+    """
     with get_sessionmaker()() as session:
         yield session
 

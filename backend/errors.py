@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 
 class DomainError(Exception):
@@ -44,6 +45,24 @@ class Unauthorized(DomainError):
     code = "unauthorized"
 
 
+class LimitExceeded(DomainError):
+    """A per-user quota (active jobs, storage) is used up; the message says how to free some."""
+
+    status = 429
+    code = "limit_exceeded"
+
+
+class StorageFailed(DomainError):
+    """The server could not write a file (full disk, quota, I/O error); nothing was kept."""
+
+    status = 507
+    code = "storage_error"
+
+
+# Codes for the HTTP errors Starlette raises itself (unknown route, wrong method, unreadable body).
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
 def invalid_field(loc: Sequence[str | int], message: str) -> InvalidInput:
     """A pydantic error (its location and message) as an InvalidInput naming the dotted field."""
     field = ".".join(str(part) for part in loc)
@@ -69,6 +88,13 @@ async def _request_validation_handler(request: Request, exc: RequestValidationEr
     return await _domain_error_handler(request, invalid_field(error["loc"][1:], error["msg"]))
 
 
+async def _http_error_handler(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own HTTP errors in our error shape, keeping their headers (Allow, ...)."""
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error_handler)
+    app.add_exception_handler(HTTPException, _http_error_handler)
     app.add_exception_handler(RequestValidationError, _request_validation_handler)

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from backend import storage
-from backend.errors import NotFound
+from backend.errors import LimitExceeded, NotFound, StorageFailed
 from backend.images import IngestedPhoto
 from backend.models import TERMINAL_STATUSES, Artifact, Job, JobStatus, Photo, User, utcnow
 from backend.settings import get_settings
@@ -45,20 +46,34 @@ def create_job(
     settings: dict,
     photos: list[IngestedPhoto],
     class_photos: list[IngestedPhoto] = (),
+    idempotency_key: str | None = None,
 ) -> Job:
-    """Store the photos under generated names and insert the job, all or nothing."""
+    """Store the photos under generated names and insert the job, all or nothing.
+
+    With an idempotency key the owner already used, that job is returned and nothing is stored.
+    The owner's row is locked meanwhile, so their quotas hold under concurrent requests.
+    """
+    session.execute(select(User.id).where(User.id == owner.id).with_for_update())
+    if idempotency_key and (existing := find_job_by_key(session, owner, idempotency_key)):
+        session.commit()
+        return existing
+    upload_bytes = sum(len(photo.data) for photo in (*photos, *class_photos))
+    check_quotas(session, owner, upload_bytes)
+    now = utcnow()
     job = Job(
         id=uuid.uuid4(),
         owner_id=owner.id,
         settings=settings,
         status=JobStatus.queued,
         total_steps=settings["max_train_steps"],
+        idempotency_key=idempotency_key,
+        created_at=now,
+        enqueued_at=now,
     )
-    folder = storage.job_dir(job.id)
     try:
         for kind, batch in (("instance", photos), ("class", class_photos)):
             for position, photo in enumerate(batch):
-                path = folder / f"{kind}-photos" / f"{position:04d}{photo.extension}"
+                path = storage.photo_path(job.id, kind, position, photo.extension)
                 storage.write_atomic(path, photo.data)
                 job.photos.append(
                     Photo(
@@ -68,16 +83,74 @@ def create_job(
                         width=photo.width,
                         height=photo.height,
                         sha256=photo.sha256,
+                        size_bytes=len(photo.data),
                     )
                 )
         session.add(job)
         session.commit()
+    except IntegrityError:
+        # note: the same key in a concurrent request (SQLite takes no row lock): that one won.
+        session.rollback()
+        storage.remove_job_files(job.id)
+        if idempotency_key and (existing := find_job_by_key(session, owner, idempotency_key)):
+            return existing
+        raise
+    except OSError as exc:
+        session.rollback()
+        storage.remove_job_files(job.id)
+        log.error("job %s: could not store its photos: %s", job.id, exc)
+        raise StorageFailed("the server could not store the photos (its disk may be full)") from None
     except BaseException:
         session.rollback()
         storage.remove_job_files(job.id)
         raise
     log.info("job %s created by %s with %d photos", job.id, owner.name, len(photos))
     return job
+
+
+def find_job_by_key(session: Session, owner: User, idempotency_key: str) -> Job | None:
+    """The owner's job made with this Idempotency-Key, if any."""
+    return session.scalar(
+        select(Job)
+        .where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key)
+        .options(selectinload(Job.artifacts), selectinload(Job.photos))
+    )
+
+
+def storage_used(session: Session, owner: User) -> int:
+    """Bytes the owner's jobs keep on disk: photos not yet purged, and outputs."""
+    photos = session.scalar(
+        select(func.coalesce(func.sum(Photo.size_bytes), 0))
+        .join(Job, Photo.job_id == Job.id)
+        .where(Job.owner_id == owner.id, Job.photos_purged_at.is_(None))
+    )
+    outputs = session.scalar(
+        select(func.coalesce(func.sum(Artifact.size_bytes), 0))
+        .join(Job, Artifact.job_id == Job.id)
+        .where(Job.owner_id == owner.id)
+    )
+    return int(photos) + int(outputs)
+
+
+def check_quotas(session: Session, owner: User, upload_bytes: int = 0) -> None:
+    """Refuse a new job when the owner has too many jobs active, or would keep too many bytes."""
+    settings = get_settings()
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.owner_id == owner.id, Job.status.in_((JobStatus.queued, JobStatus.running)))
+    )
+    if active >= settings.max_active_jobs_per_user:
+        raise LimitExceeded(
+            f"you already have {active} jobs queued or running (the limit is "
+            f"{settings.max_active_jobs_per_user}); wait for one to finish or cancel one"
+        )
+    used = storage_used(session, owner)
+    if used + upload_bytes > settings.max_storage_bytes_per_user:
+        raise LimitExceeded(
+            f"your jobs keep {used / 2**20:.1f} MiB and these photos add {upload_bytes / 2**20:.1f} MiB, "
+            f"over your {settings.max_storage_bytes_per_user / 2**20:.0f} MiB; delete jobs you no longer need"
+        )
 
 
 def list_jobs(session: Session, owner: User, limit: int, offset: int) -> tuple[list[Job], int]:
@@ -164,6 +237,7 @@ def claim_job(session: Session, job_id: uuid.UUID) -> Lease | None:
             lease_token=token,
             attempts=Job.attempts + 1,
             heartbeat_at=now,
+            claimed_at=now,
             started_at=func.coalesce(Job.started_at, now),
         )
         .returning(Job.attempts)
@@ -244,3 +318,120 @@ def finish_job(
     session.add_all(artifacts)
     session.commit()
     log.info("job %s %s%s", lease.job_id, status, f" ({error_code}: {error_message})" if error_code else "")
+
+
+# ── the reaper's side ────────────────────────────────────────────────────────────────────────
+# Each function is one conditional UPDATE per kind of job, so reapers in several workers may run
+# at once: a row changes for one of them only.
+
+
+def end_abandoned_jobs(session: Session) -> list[uuid.UUID]:
+    """End running jobs no worker will finish; returns their ids (their partial outputs can go).
+
+    A stale job whose owner asked to cancel is cancelled; one that used up its attempts fails with
+    `worker_lost`; one running past the hard time limit fails with `timeout` (its worker, if alive,
+    finds its lease gone at its next write and stops).
+    """
+    settings = get_settings()
+    now = utcnow()
+    stale_before = now - timedelta(seconds=settings.heartbeat_stale_seconds)
+    stale = (Job.status == JobStatus.running) & (Job.heartbeat_at < stale_before)
+    endings = [
+        (stale & Job.cancel_requested.is_(True), JobStatus.cancelled, None, None),
+        (
+            stale & (Job.attempts >= settings.max_attempts),
+            JobStatus.failed,
+            "worker_lost",
+            f"The worker running this job stopped responding {settings.max_attempts} times, so it was "
+            "given up; the photos or settings may crash the worker. Try again, or with other settings.",
+        ),
+        (
+            (Job.status == JobStatus.running)
+            & (Job.claimed_at < now - timedelta(seconds=settings.job_time_limit_seconds)),
+            JobStatus.failed,
+            "timeout",
+            timeout_message(settings.job_time_limit_seconds),
+        ),
+    ]
+    ended = []
+    for condition, status, code, message in endings:
+        ended += session.scalars(
+            update(Job)
+            .where(condition)
+            .values(
+                status=status,
+                phase=None,
+                eta_seconds=None,
+                error_code=code,
+                error_message=message,
+                lease_token=None,
+                finished_at=now,
+            )
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        ).all()
+    session.commit()
+    for job_id in ended:
+        log.warning("job %s ended by the reaper (its worker is gone or over time)", job_id)
+    return ended
+
+
+def timeout_message(limit_seconds: float) -> str:
+    return (
+        f"The job ran past the time limit of {limit_seconds / 3600:g} hours and was stopped; "
+        "use fewer max_train_steps or class images."
+    )
+
+
+def jobs_to_wake(session: Session) -> list[uuid.UUID]:
+    """Jobs that need another wake-up call, each marked as sent now; returns their ids.
+
+    Queued jobs whose last call is older than `requeue_queued_after_seconds` (the message may be
+    lost), and running jobs with a stale heartbeat and attempts left, once per stale period (the
+    claim takes those over). A second message for a job is harmless: the claim lets one through.
+    """
+    settings = get_settings()
+    now = utcnow()
+    stale_before = now - timedelta(seconds=settings.heartbeat_stale_seconds)
+    queued_before = now - timedelta(seconds=settings.requeue_queued_after_seconds)
+    last_sent = func.coalesce(Job.enqueued_at, Job.created_at)
+    ids = session.scalars(
+        update(Job)
+        .where(
+            Job.cancel_requested.is_(False),
+            or_(
+                (Job.status == JobStatus.queued) & (last_sent < queued_before),
+                (Job.status == JobStatus.running)
+                & (Job.heartbeat_at < stale_before)
+                & (Job.attempts < settings.max_attempts)
+                & (last_sent < stale_before),
+            ),
+        )
+        .values(enqueued_at=now)
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    session.commit()
+    return list(ids)
+
+
+def purge_expired_photos(session: Session) -> list[uuid.UUID]:
+    """Delete the raw photos of jobs that ended more than `photo_retention_days` ago."""
+    days = get_settings().photo_retention_days
+    if days is None:
+        return []
+    now = utcnow()
+    expired = session.scalars(
+        select(Job.id).where(
+            Job.status.in_(TERMINAL_STATUSES),
+            Job.finished_at < now - timedelta(days=days),
+            Job.photos_purged_at.is_(None),
+        )
+    ).all()
+    for job_id in expired:
+        # note: files first, then the mark: a crash in between leaves a job purged twice, never half.
+        storage.remove_job_photos(job_id)
+        session.execute(update(Job).where(Job.id == job_id).values(photos_purged_at=now))
+        session.commit()
+        log.info("job %s: photos deleted after %g days (retention)", job_id, days)
+    return list(expired)

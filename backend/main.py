@@ -6,11 +6,17 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from backend.api import artifacts, events, health, info, jobs
+from backend.api import artifacts, events, health, info, jobs, tokens
+from backend.body_limit import BodySizeLimit
+from backend.bulkhead import RequestBulkhead
+from backend.db import MAX_CONCURRENT_REQUESTS
 from backend.errors import install_error_handlers
+from backend.schemas import ErrorResponse
 from backend.settings import get_settings
 
 FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
+# Documented once for every route: all errors share one shape (backend/errors.py).
+ERROR_RESPONSES = {"4XX": {"model": ErrorResponse, "description": "An error the client can act on"}}
 
 
 def create_app() -> FastAPI:
@@ -23,8 +29,10 @@ def create_app() -> FastAPI:
         summary="Teach Stable Diffusion a subject from a few photos, then download the checkpoint.",
     )
     install_error_handlers(app)
-    for module in (health, info, jobs, artifacts, events):
-        app.include_router(module.router)
+    app.add_middleware(RequestBulkhead, limit=MAX_CONCURRENT_REQUESTS)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    for module in (health, info, jobs, artifacts, events, tokens):
+        app.include_router(module.router, responses=ERROR_RESPONSES)
     # note: mounted last, so that "/" serves the page without shadowing /api or the probes.
     if (FRONTEND_DIR / "index.html").is_file():
         app.mount("/", StaticFiles(directory=FRONTEND_DIR, html=True), name="frontend")

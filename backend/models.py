@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -89,13 +90,18 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # Updated at most once a minute, so that busy clients do not write on every request.
+    last_used_at: Mapped[datetime | None]
 
     user: Mapped[User] = relationship(lazy="joined")
 
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_owner_created", "owner_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_jobs_owner_created", "owner_id", "created_at"),
+        UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_id_idempotency_key"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
@@ -116,6 +122,14 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_token: Mapped[str | None] = mapped_column(String(64))
     heartbeat_at: Mapped[datetime | None]
+    # When the current attempt was claimed (time limits count from here).
+    claimed_at: Mapped[datetime | None]
+    # When the last wake-up call was sent to the broker (the reaper re-sends lost ones).
+    enqueued_at: Mapped[datetime | None]
+    # The client's Idempotency-Key: a retried POST returns this job instead of making another.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    # When the retention rule deleted the raw photos (the job keeps their metadata).
+    photos_purged_at: Mapped[datetime | None]
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
@@ -140,6 +154,7 @@ class Photo(Base):
     width: Mapped[int]
     height: Mapped[int]
     sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
 
     job: Mapped[Job] = relationship(back_populates="photos")
 

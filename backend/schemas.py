@@ -28,29 +28,66 @@ class TrainingSettings(BaseModel):
     base_model: str | None = Field(None, description="Hub id offered by this server; default: the server's")
 
     instance_prompt: Prompt = Field(description="Names the subject, e.g. 'a photo of rufus the dog'")
-    with_prior_preservation: bool = False
+    with_prior_preservation: bool = Field(
+        False, description="Also train on class images, so the model keeps what the class looks like (faces)"
+    )
     # note: after with_prior_preservation, so that its validator can see it and name this field.
     class_prompt: Prompt | None = Field(
         None, validate_default=True, description="The subject's class, for prior preservation"
     )
-    num_class_images: int = Field(200, ge=1, le=1000)
-    prior_loss_weight: float = Field(1.0, ge=0, le=10)
-    train_text_encoder: bool = False
+    num_class_images: int = Field(
+        200, ge=1, le=1000, description="Class images in all; the base model generates what class_photos lack"
+    )
+    prior_loss_weight: float = Field(1.0, ge=0, le=10, description="Weight of the class images' loss")
+    sample_batch_size: int = Field(4, ge=1, le=64, description="Class images generated per batch")
+    class_negative_prompt: Prompt | None = Field(None, description="Negative prompt for generated class images")
+    train_text_encoder: bool = Field(
+        False, description="Fine-tune the text encoder too: better faces and prompts, more memory"
+    )
+    text_encoder_lr: float | None = Field(
+        None, gt=0, le=1e-3, description="The text encoder's learning rate; default: learning_rate"
+    )
 
     max_train_steps: int = Field(400, ge=1, le=20_000)
     learning_rate: float = Field(2e-6, gt=0, le=1e-3)
+    scale_lr: bool = Field(False, description="Multiply the learning rates by the effective batch size")
     train_batch_size: int = Field(4, ge=1, le=64)
     gradient_accumulation_steps: int = Field(1, ge=1, le=64)
     lr_scheduler: Literal[
         "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
     ] = "constant"
     lr_warmup_steps: int = Field(0, ge=0, le=20_000)
+    lr_num_cycles: int = Field(1, ge=1, le=100, description="Hard restarts of cosine_with_restarts")
+    lr_power: float = Field(1.0, gt=0, le=10, description="Power of the polynomial schedule")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW first-moment decay")
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW second-moment decay")
+    adam_weight_decay: float = Field(1e-2, ge=0, le=1, description="AdamW decoupled weight decay")
+    adam_epsilon: float = Field(1e-8, gt=0, le=1e-3, description="AdamW denominator guard")
+    max_grad_norm: float = Field(1.0, gt=0, le=100, description="Gradient clipping threshold")
+    use_ema: bool = Field(False, description="Export an exponential moving average of the UNet weights")
+    snr_gamma: float | None = Field(
+        None, gt=0, le=100, description="Min-SNR loss weighting; 5.0 is recommended; default: off"
+    )
+    offset_noise: bool = Field(False, description="Noise offset, so very dark or bright images can be learned")
     resolution: int = Field(512, ge=64, le=1024, description="Square training size in pixels, a multiple of 64")
-    center_crop: bool = False
-    random_flip: bool = False
+    center_crop: bool = Field(False, description="Center-crop the photos; default: random crops")
+    random_flip: bool = Field(False, description="Flip photos horizontally at random")
     mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"
-    gradient_checkpointing: bool = False
-    use_8bit_adam: bool = False
+    gradient_checkpointing: bool = Field(False, description="Recompute activations: less memory, slower steps")
+    use_8bit_adam: bool = Field(False, description="bitsandbytes 8-bit AdamW: much less optimizer memory")
+    enable_xformers_memory_efficient_attention: bool = Field(
+        False, description="xformers attention where installed; default: PyTorch's SDPA"
+    )
+    allow_tf32: bool = Field(False, description="TF32 matmuls on Ampere and newer GPUs: faster, slightly less precise")
+    memory_profile: Literal["auto", "none"] = Field(
+        "auto", description="auto turns memory savers on to fit the worker's GPU; none keeps the settings as given"
+    )
+    checkpointing_steps: int | None = Field(
+        None, ge=1, le=20_000, description="Save the training state every N steps; default: every quarter or 500"
+    )
+    checkpoints_total_limit: int | None = Field(
+        None, ge=1, le=100, description="Saved training states kept; default: the newest only"
+    )
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
 
     validation_prompts: list[Prompt] = Field(default_factory=list, max_length=8)
@@ -92,6 +129,16 @@ class ErrorOut(BaseModel):
     message: str
 
 
+class ErrorDetail(ErrorOut):
+    field: str | None = None  # the request field at fault, dotted: "settings.learning_rate"
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx and 5xx reply: `{"error": {"code", "message", "field"?}}`."""
+
+    error: ErrorDetail
+
+
 class ArtifactOut(BaseModel):
     id: int
     kind: str
@@ -118,6 +165,7 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    photos_purged_at: datetime | None = None  # the retention rule deleted the raw photos then
 
 
 class JobList(BaseModel):
@@ -141,3 +189,25 @@ class InfoOut(BaseModel):
     base_models: list[str]
     default_base_model: str
     limits: dict[str, int]
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expires_in_days: float | None = Field(
+        None, gt=0, le=3650, description="Default: the server's token_ttl_days (or never)"
+    )
+
+
+class TokenOut(BaseModel):
+    """An API token as listed: never the token itself, which only its creator ever sees."""
+
+    id: int
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class NewTokenOut(TokenOut):
+    token: str  # shown once

@@ -35,12 +35,31 @@ class Settings(BaseSettings):
     heartbeat_stale_seconds: int = 120
     max_attempts: int = 3
     progress_interval_seconds: float = 1.0
+    # The reaper (a thread in every worker): how often it looks for lost, stuck and expired jobs.
+    reaper_interval_seconds: float = 30.0
+    # A job still queued this long after its last wake-up call is sent another (the first may be lost).
+    requeue_queued_after_seconds: int = 600
+    # Training stops at the soft limit and the job fails with `timeout`; the reaper fails a job
+    # still running at the hard limit. Both count from when the current attempt started.
+    job_soft_time_limit_seconds: int = 6 * 3600
+    job_time_limit_seconds: int = 6 * 3600 + 900
+    # How long a worker keeps trying to record a job's outcome while the database is down.
+    finish_retry_seconds: float = 300.0
+    # Raw photos of a finished job are deleted this many days after it ended (None: kept).
+    photo_retention_days: float | None = None
 
     # Upload limits.
+    max_request_bytes: int = 256 * 1024 * 1024
     max_photos: int = 50
     max_class_photos: int = 500
     max_photo_bytes: int = 25 * 1024 * 1024
     max_photo_pixels: int = 50_000_000
+
+    # Per-user limits: jobs queued or running at once, and bytes of photos and outputs kept.
+    max_active_jobs_per_user: int = 3
+    max_storage_bytes_per_user: int = 20 * 1024**3
+    # New API tokens expire after this many days (None: never).
+    token_ttl_days: float | None = None
 
     # Celery: a message not acknowledged in this time is redelivered (Redis); must exceed any job.
     broker_visibility_timeout_seconds: int = 48 * 3600
@@ -58,6 +77,8 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.data_dir / 'studio.db'}"
         if not self.broker_url:
             self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+        if self.job_time_limit_seconds <= self.job_soft_time_limit_seconds:
+            raise ValueError("job_time_limit_seconds must exceed job_soft_time_limit_seconds")
         if self.database_url.startswith("postgresql://"):
             # note: SQLAlchemy would pick psycopg2 for a bare scheme; we ship psycopg 3.
             self.database_url = "postgresql+psycopg://" + self.database_url.removeprefix("postgresql://")

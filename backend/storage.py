@@ -8,6 +8,8 @@ from pathlib import Path
 
 from backend.settings import get_settings
 
+PHOTO_KINDS = ("instance", "class")
+
 
 def data_dir() -> Path:
     return get_settings().data_dir
@@ -50,5 +52,29 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def photo_path(job_id: uuid.UUID, kind: str, position: int, extension: str) -> Path:
+    """Where a job's uploaded photo is kept: a generated name, never the user's."""
+    return job_dir(job_id) / f"{kind}-photos" / f"{position:04d}{extension}"
+
+
 def remove_job_files(job_id: uuid.UUID) -> None:
     shutil.rmtree(job_dir(job_id), ignore_errors=True)
+
+
+def remove_job_photos(job_id: uuid.UUID) -> None:
+    """Delete the raw photos of a job (the retention rule), keeping its outputs."""
+    for kind in PHOTO_KINDS:
+        shutil.rmtree(job_dir(job_id) / f"{kind}-photos", ignore_errors=True)
+
+
+def remove_job_outputs(job_id: uuid.UUID) -> None:
+    """Delete everything a job made but its photos: partial outputs of a failed or cancelled run."""
+    folder = job_dir(job_id)
+    keep = {f"{kind}-photos" for kind in PHOTO_KINDS}
+    for path in folder.iterdir() if folder.is_dir() else ():
+        if path.name in keep:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

@@ -2,7 +2,7 @@
 
 The core calls `on_progress` every step and `should_stop` every step; this turns that into at most
 about one database write a second, plus a background heartbeat so long silent phases (loading a
-model, sampling) never look like a dead worker.
+model, sampling) never look like a dead worker. Past the soft time limit `should_stop` says stop.
 """
 
 import logging
@@ -26,6 +26,7 @@ class JobReporter:
         settings = get_settings()
         self._interval = settings.progress_interval_seconds
         self._heartbeat_every = max(1.0, settings.heartbeat_stale_seconds / 4)
+        self._deadline = time.monotonic() + settings.job_soft_time_limit_seconds
         self._lock = threading.Lock()
         self._last_write = 0.0
         self._last_phase: str | None = None
@@ -57,11 +58,16 @@ class JobReporter:
             eta_seconds=progress.eta_seconds,
         )
 
+    @property
+    def timed_out(self) -> bool:
+        """Whether this attempt has run past the soft time limit."""
+        return time.monotonic() >= self._deadline
+
     def should_stop(self) -> bool:
-        """Whether to stop: the owner cancelled, or the job is no longer ours."""
+        """Whether to stop: the owner cancelled, the job is no longer ours, or it ran out of time."""
         if time.monotonic() - self._last_write >= self._interval:
             self._write(jobs.heartbeat)
-        return self._cancel_requested or self.lease_lost
+        return self._cancel_requested or self.lease_lost or self.timed_out
 
     def _beat(self) -> None:
         while not self._stopped.wait(self._heartbeat_every):

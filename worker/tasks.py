@@ -7,21 +7,34 @@ everything the task needs it reads again from the database.
 
 import dataclasses
 import errno
+import functools
 import logging
+import math
 import shutil
+import time
 import uuid
 from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from backend import jobs, storage
 from backend.db import get_sessionmaker
 from backend.jobs import Lease, LeaseLost
 from backend.models import Artifact, Job, JobStatus
 from backend.queue import TRAIN_TASK
+from backend.settings import get_settings
 from worker.celery_app import app
-from worker.dreambooth.config import TrainConfig, TrainResult
+from worker.dreambooth.config import STATE_DIR, TrainConfig, TrainResult
 from worker.progress import JobReporter
 
 log = logging.getLogger(__name__)
+
+# Server jobs save their training state at least this often (in steps), so a dead worker's job loses little.
+MAX_CHECKPOINT_INTERVAL = 500
+
+# Write failures that mean the file store, not the job, is at fault.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
 
 
 class JobError(Exception):
@@ -33,6 +46,8 @@ class JobError(Exception):
         self.message = message
 
 
+# note: no Celery time_limit: the solo pool cannot enforce one. The soft limit stops training from
+# inside (JobReporter), and the reaper fails a job still running at the hard limit.
 @app.task(name=TRAIN_TASK)
 def train(job_id: str) -> None:
     run_training_job(uuid.UUID(job_id))
@@ -42,70 +57,129 @@ def run_training_job(job_id: uuid.UUID) -> None:
     """Claim the job, train, and record the outcome; safe to call twice for the same job."""
     with get_sessionmaker()() as session:
         lease = jobs.claim_job(session, job_id)
-        if lease is None:
-            log.info("job %s: not claimable (taken, finished, cancelled or gone); skipping", job_id)
-            return
-        job = session.get(Job, job_id)
-        config = training_config(job)
+    if lease is None:
+        log.info("job %s: not claimable (taken, finished, cancelled or gone); skipping", job_id)
+        return
     log.info("job %s: attempt %d started", job_id, lease.attempt)
 
     with JobReporter(lease) as reporter:
         try:
-            result = _train(config, reporter)
-            if reporter.lease_lost:
-                return
-            if result.stopped:
-                _finish(lease, JobStatus.cancelled)
-                return
-            _finish(lease, JobStatus.succeeded, artifacts=_artifacts(result))
+            result = _run_core(job_id, reporter)
         except LeaseLost:
-            log.warning("job %s: lease lost; another worker or a delete took over", job_id)
+            _clean_up_after_lost_lease(job_id)
         except JobError as error:
             _finish(lease, JobStatus.failed, error.code, error.message)
         except Exception as exc:
             log.exception("job %s: training failed", job_id)
             _finish(lease, JobStatus.failed, "training_error", f"Training failed: {exc}"[:1000])
+        else:
+            if reporter.lease_lost:
+                _clean_up_after_lost_lease(job_id)
+            elif result.stopped and reporter.timed_out:
+                limit = get_settings().job_soft_time_limit_seconds
+                _finish(lease, JobStatus.failed, "timeout", jobs.timeout_message(limit))
+            elif result.stopped:
+                _finish(lease, JobStatus.cancelled)
+            else:
+                _finish(lease, JobStatus.succeeded, result=result)
+
+
+def _run_core(job_id: uuid.UUID, reporter: JobReporter) -> TrainResult:
+    """Read the job's configuration and train; a failing file store becomes `storage_error`."""
+    try:
+        with get_sessionmaker()() as session:
+            config = training_config(session.get(Job, job_id))
+        return _train(config, reporter)
+    except OSError as exc:
+        if exc.errno in STORAGE_ERRNOS:
+            log.error("job %s: the file store failed: %s", job_id, exc)
+            raise JobError(
+                "storage_error", "The server could not write the job's files (its disk is full or failing)."
+            ) from None
+        raise
 
 
 def training_config(job: Job) -> TrainConfig:
-    """The core's configuration for a job: its settings, its photos and its output folder."""
+    """The core's configuration for a job: its settings, photos and output folder, resuming any saved state."""
     known = {field.name for field in dataclasses.fields(TrainConfig)}
     settings = {key: value for key, value in job.settings.items() if key in known}
     for key in ("validation_prompts",):
         settings[key] = tuple(settings.get(key) or ())
+    total = settings.get("max_train_steps", TrainConfig.max_train_steps)
+    settings["checkpointing_steps"] = settings.get("checkpointing_steps") or default_checkpointing_steps(total)
+    # note: a server job's state is only for resuming after a dead worker, so the newest one is enough
+    settings["checkpoints_total_limit"] = settings.get("checkpoints_total_limit") or 1
     output_dir = storage.job_dir(job.id) / "output"
-    # note: no resume yet, so a re-delivered job starts from a clean output folder.
-    shutil.rmtree(output_dir, ignore_errors=True)
+    _clear_stale_outputs(output_dir)
     return TrainConfig(
         **settings,
         instance_images=tuple(storage.resolve(photo.path) for photo in job.photos if photo.kind == "instance"),
+        class_images=tuple(storage.resolve(photo.path) for photo in job.photos if photo.kind == "class"),
         output_dir=output_dir,
         models_dir=storage.models_dir(),
+        cache_dir=storage.data_dir() / "cache",
+        resume_from_checkpoint="latest",
     )
+
+
+def default_checkpointing_steps(max_train_steps: int) -> int:
+    """Save the training state every quarter of the run or every 500 steps, whichever is more often."""
+    return max(1, min(MAX_CHECKPOINT_INTERVAL, math.ceil(max_train_steps / 4)))
+
+
+def _clear_stale_outputs(output_dir: Path) -> None:
+    """Remove what an earlier attempt wrote but its saved training state, which this attempt resumes from."""
+    for path in output_dir.iterdir() if output_dir.is_dir() else ():
+        if path.name == STATE_DIR:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+@functools.cache
+def _base_models():
+    """The worker's base-model cache: the last base model stays loaded between jobs."""
+    from worker.dreambooth.components import ComponentCache
+
+    return ComponentCache()
 
 
 def _train(config: TrainConfig, reporter: JobReporter) -> TrainResult:
     # note: the ML stack is imported here, not at module load, so the worker starts quickly.
     import torch
+    from diffusers.training_utils import free_memory
 
     from worker.dreambooth.train import train as train_dreambooth
 
+    out_of_memory = False
     try:
-        return train_dreambooth(config, on_progress=reporter.on_progress, should_stop=reporter.should_stop)
+        result = train_dreambooth(
+            config, on_progress=reporter.on_progress, should_stop=reporter.should_stop, models=_base_models()
+        )
     except torch.cuda.OutOfMemoryError:
+        out_of_memory = True
+    if out_of_memory:
+        # note: only now, outside the except block, are the error's frames (and the tensors they hold) gone
+        free_memory()
         raise JobError(
             "out_of_memory",
-            "The GPU ran out of memory. Lower train_batch_size or resolution, or turn on "
-            "use_8bit_adam, gradient_checkpointing and mixed_precision fp16.",
-        ) from None
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise JobError("storage_error", "The server's disk is full; the job was stopped.") from None
-        raise
+            "The GPU ran out of memory. Set memory_profile to auto, or turn on use_8bit_adam, "
+            "gradient_checkpointing and mixed_precision fp16; lower train_batch_size (raising "
+            "gradient_accumulation_steps instead), resolution or sample_batch_size; or turn off train_text_encoder.",
+        )
+    if result.memory_plan is not None:
+        log.info("job %s: %s", reporter.lease.job_id, result.memory_plan.describe())
+    if not result.stopped:
+        # note: the outputs are whole now; the saved state (optimizer included) would only fill the disk
+        shutil.rmtree(config.output_dir / STATE_DIR, ignore_errors=True)
+    return result
 
 
 def _artifacts(result: TrainResult) -> list[Artifact]:
-    """Rows for the files the core wrote: samples, then the single-file checkpoints."""
+    """Rows for the files the core wrote: samples, the single-file checkpoints, then the diffusers pipeline
+    (the source the API builds diffusers downloads from)."""
     samples = [
         Artifact(
             kind="sample",
@@ -128,7 +202,15 @@ def _artifacts(result: TrainResult) -> list[Artifact]:
         )
         for dtype, path in result.checkpoints.items()
     ]
-    return samples + checkpoints
+    pipeline = Artifact(
+        kind="pipeline",
+        path=storage.relative(result.pipeline_dir),
+        size_bytes=sum(file.stat().st_size for file in result.pipeline_dir.rglob("*") if file.is_file()),
+        step=result.final_step,
+        format="diffusers",
+        dtype="fp32",  # note: the core saves the pipeline in full precision; downloads may ask for fp16
+    )
+    return samples + checkpoints + [pipeline]
 
 
 def _finish(
@@ -136,10 +218,44 @@ def _finish(
     status: JobStatus,
     code: str | None = None,
     message: str | None = None,
-    artifacts: list[Artifact] = (),
+    result: TrainResult | None = None,
 ) -> None:
-    with get_sessionmaker()() as session:
+    """Record the outcome, retrying for a while if the database is down; a run that did not
+    succeed leaves no partial outputs behind."""
+    deadline = time.monotonic() + get_settings().finish_retry_seconds
+    delay = 1.0
+    while True:
         try:
-            jobs.finish_job(session, lease, status, code, message, artifacts)
+            with get_sessionmaker()() as session:
+                artifacts = _artifacts(result) if result else []
+                jobs.finish_job(session, lease, status, code, message, artifacts)
+            break
         except LeaseLost:
             log.warning("job %s: lease lost before it could be marked %s", lease.job_id, status)
+            _clean_up_after_lost_lease(lease.job_id)
+            return
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay > deadline:
+                log.error("job %s: the database stayed unreachable; leaving the job to the reaper", lease.job_id)
+                raise
+            log.warning("job %s: could not record %s (%s); retrying in %.0f s", lease.job_id, status, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+    if status != JobStatus.succeeded:
+        storage.remove_job_outputs(lease.job_id)
+
+
+def _clean_up_after_lost_lease(job_id: uuid.UUID) -> None:
+    """Remove what this run wrote if its job was deleted or ended meanwhile (by its owner or the
+    reaper); leave everything when another worker took the job over."""
+    log.warning("job %s: lease lost; stopping", job_id)
+    try:
+        with get_sessionmaker()() as session:
+            status = session.scalar(select(Job.status).where(Job.id == job_id))
+    except (OperationalError, InterfaceError):
+        log.exception("job %s: could not check the job after losing its lease", job_id)
+        return
+    if status is None:
+        storage.remove_job_files(job_id)
+    elif status in (JobStatus.failed, JobStatus.cancelled):
+        storage.remove_job_outputs(job_id)

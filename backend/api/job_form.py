@@ -32,6 +32,6 @@ def ingest_uploads(uploads: list[UploadFile], field: str, limit: int) -> list[In
     # note: one byte over the limit is enough for ingest_photo to refuse a file; never read more.
     max_bytes = get_settings().max_photo_bytes + 1
     return [
-        ingest_photo(upload.file.read(max_bytes), field, f"{field}[{index}] ({upload.filename})")
+        ingest_photo(upload.file.read(max_bytes), field, f"{field}[{index}] ({(upload.filename or '')[:100]})")
         for index, upload in enumerate(uploads)
     ]

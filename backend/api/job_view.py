@@ -21,11 +21,12 @@ def job_out(job: Job) -> JobOut:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        photos_purged_at=job.photos_purged_at,
     )
 
 
 def _artifact_out(job: Job, artifact: Artifact) -> ArtifactOut:
-    if artifact.kind == "checkpoint":
+    if artifact.kind in ("checkpoint", "pipeline"):
         url = (
             f"/api/jobs/{job.id}/checkpoint?format={artifact.format or 'single'}"
             f"&dtype={artifact.dtype}&step={artifact.step}"

@@ -4,7 +4,7 @@ import logging
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 
 from backend import jobs, queue
 from backend.api.job_form import ingest_uploads, parse_training_settings
@@ -27,13 +27,24 @@ def create_job(
     photos: Annotated[list[UploadFile], File(description="Photos of the subject (JPEG, PNG or WebP)")],
     settings: Annotated[str, Form(description="TrainingSettings as a JSON object")],
     class_photos: Annotated[list[UploadFile] | None, File(description="Optional class photos")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(min_length=1, max_length=200, description="Retrying with the same key returns the same job"),
+    ] = None,
 ) -> JobOut:
-    """Store the photos and queue a training job; the job is the reply, its URL the Location."""
+    """Store the photos and queue a training job; the job is the reply, its URL the Location.
+
+    With an `Idempotency-Key` the caller used before, that job is returned and nothing new is made.
+    """
+    if idempotency_key and (existing := jobs.find_job_by_key(session, user, idempotency_key)):
+        response.headers["Location"] = f"/api/jobs/{existing.id}"
+        return job_out(existing)
+    jobs.check_quotas(session, user)
     limits = get_settings()
     training = parse_training_settings(settings)
     instance = ingest_uploads(photos, "photos", limits.max_photos)
     extra = ingest_uploads(class_photos or [], "class_photos", limits.max_class_photos)
-    job = jobs.create_job(session, user, training, instance, extra)
+    job = jobs.create_job(session, user, training, instance, extra, idempotency_key)
     try:
         queue.enqueue_training(str(job.id))
     except Exception:
@@ -48,7 +59,7 @@ def list_jobs(
     session: SessionDep,
     user: CurrentUser,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> JobList:
     """The caller's jobs, newest first."""
     items, total = jobs.list_jobs(session, user, limit, offset)
