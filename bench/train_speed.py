@@ -358,7 +358,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--size", choices=["small", "full"], default="small")
-    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--resolution", type=int, help="default: 128 for small, 512 for full")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=3)
@@ -374,6 +374,7 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--config", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.resolution = args.resolution or (512 if args.size == "full" else 128)
     if args.child:
         child_main(args)
         return
