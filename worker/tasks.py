@@ -103,8 +103,6 @@ def training_config(job: Job) -> TrainConfig:
     """The core's configuration for a job: its settings, photos and output folder, resuming any saved state."""
     known = {field.name for field in dataclasses.fields(TrainConfig)}
     settings = {key: value for key, value in job.settings.items() if key in known}
-    for key in ("validation_prompts",):
-        settings[key] = tuple(settings.get(key) or ())
     total = settings.get("max_train_steps", TrainConfig.max_train_steps)
     settings["checkpointing_steps"] = settings.get("checkpointing_steps") or default_checkpointing_steps(total)
     # note: a server job's state is only for resuming after a dead worker, so the newest one is enough

@@ -7,18 +7,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from tests.worker.dreambooth.helpers import changed, weights
 from worker.dreambooth.config import Progress, TrainConfig
 from worker.dreambooth.train import train
-
-
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    (file,) = folder.glob("*.safetensors")
-    return load_file(file)
-
-
-def changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
-    assert a.keys() == b.keys()
-    return [k for k in a if not torch.equal(a[k], b[k])]
 
 
 def test_text_encoder_training_with_snr_offset_noise_and_checkpointing(

@@ -6,23 +6,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
+from tests.worker.dreambooth.helpers import changed, weights
 from worker.dreambooth.config import MemoryPlan, Progress, TrainConfig, TrainResult
 from worker.dreambooth.train import train
 
 Run = tuple[TrainConfig, TrainResult, list[Progress]]
-
-
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    (file,) = folder.glob("*.safetensors")
-    return load_file(file)
-
-
-def changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
-    assert a.keys() == b.keys()
-    return [k for k in a if not torch.equal(a[k], b[k])]
 
 
 def test_progress_has_increasing_steps_finite_loss_and_eta(trained: Run):
