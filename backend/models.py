@@ -1,4 +1,4 @@
-"""ORM tables: users, their hashed API tokens, jobs, the jobs' photos and artifacts."""
+"""ORM tables: users, their hashed API tokens, jobs, the jobs' photos, artifacts and generations."""
 
 import enum
 import uuid
@@ -130,6 +130,10 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     # When the retention rule deleted the raw photos (the job keeps their metadata).
     photos_purged_at: Mapped[datetime | None]
+    # The loss curve, downsampled to at most a few hundred [step, loss] points (see worker/losses.py).
+    loss_history: Mapped[list[Any] | None] = mapped_column(JSONType)
+    # The scorer's per-step scores and recommended step (see worker/dreambooth/score.py); None until scored.
+    evaluation: Mapped[dict[str, Any] | None]
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
@@ -164,7 +168,9 @@ class Artifact(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(20))  # "sample" | "checkpoint"
+    # "sample" | "checkpoint" (single files) | "pipeline" (diffusers folder) | "weights" (a kept step's
+    # trained weights: a folder laid out like the pipeline's, holding only what training changed)
+    kind: Mapped[str] = mapped_column(String(20))
     path: Mapped[str] = mapped_column(String(300))  # relative to DATA_DIR
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     step: Mapped[int]
@@ -175,3 +181,35 @@ class Artifact(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="artifacts")
+
+
+class GenerationStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class Generation(Base):
+    """Images rendered on demand from a finished job's weights (at its final or a kept step)."""
+
+    __tablename__ = "generations"
+    __table_args__ = (Index("ix_generations_job_created", "job_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(20), default=GenerationStatus.queued, index=True)
+    # prompt, negative_prompt, scheduler, num_inference_steps, guidance_scale, seed, num_images, step
+    params: Mapped[dict[str, Any]]
+    # [{"path": relative to DATA_DIR, "seed": int}, ...] once rendered
+    images: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    error_code: Mapped[str | None] = mapped_column(String(40))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    heartbeat_at: Mapped[datetime | None]
+    enqueued_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]

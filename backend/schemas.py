@@ -17,6 +17,8 @@ from pydantic import (
 from backend.presets import PRESETS
 
 Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+# Samplers a user may pick for samples and generations (worker/dreambooth/schedulers.py builds them).
+Scheduler = Literal["ddim", "pndm", "lms", "euler", "euler_a", "dpmpp_2m"]
 
 
 class TrainingSettings(BaseModel):
@@ -90,9 +92,27 @@ class TrainingSettings(BaseModel):
     )
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
 
-    validation_prompts: list[Prompt] = Field(default_factory=list, max_length=8)
-    num_validation_images: int = Field(1, ge=1, le=8)
-    num_inference_steps: int = Field(100, ge=1, le=500, description="DDIM steps for samples; the study: ~100")
+    training_method: Literal["full", "lora"] = Field(
+        "full", description="full fine-tunes every weight; lora trains small adapters: far less memory, small files"
+    )
+    lora_rank: int = Field(4, ge=1, le=256, description="LoRA adapter rank: larger learns more, files grow")
+    lora_alpha: float | None = Field(
+        None, gt=0, le=1024, description="LoRA scale numerator (the update is scaled by alpha/rank); default: the rank"
+    )
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA adapters' input")
+
+    validation_prompts: list[Prompt] = Field(
+        default_factory=list, max_length=8,
+        description="Prompts sampled during training; default: the instance prompt and three new contexts",
+    )
+    num_validation_images: int = Field(1, ge=1, le=8, description="Images per validation prompt, seeds fixed")
+    validation_steps: int | None = Field(
+        None, ge=1, le=20_000, description="Sample (and keep the weights) every N steps; default: five points"
+    )
+    validation_scheduler: Scheduler = Field("ddim", description="Sampler for samples; the study: DDIM")
+    validation_inference_steps: int = Field(
+        100, ge=1, le=500, description="Sampling steps per sample; the study: DDIM at ~100"
+    )
     guidance_scale: float = Field(7.5, ge=0, le=30)
 
     @model_validator(mode="before")
@@ -151,6 +171,24 @@ class ArtifactOut(BaseModel):
     dtype: str | None = None
 
 
+class StepScore(BaseModel):
+    """How the samples of one validation step score, each in [0, 1]."""
+
+    step: int
+    subject_fidelity: float  # samples look like the instance photos
+    prompt_fidelity: float  # new-context samples match their prompts
+    memorisation: float  # share of samples that are near-copies of a training photo
+    score: float  # the balance the recommendation maximises
+
+
+class Evaluation(BaseModel):
+    scorer: str  # the image-text model that scored the samples
+    steps: list[StepScore]  # one per scored validation step, ascending
+    recommended_step: int | None
+    reason: str | None  # one sentence on why that step
+    recommended_is_final: bool
+
+
 class JobOut(BaseModel):
     id: uuid.UUID
     status: str
@@ -166,6 +204,9 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     photos_purged_at: datetime | None = None  # the retention rule deleted the raw photos then
+    loss_history: list[tuple[int, float]] = []  # [step, mean loss], downsampled to a few hundred points
+    kept_steps: list[int] = []  # steps whose weights can be downloaded (?step=N) and generated from
+    evaluation: Evaluation | None = None  # per-step scores and the recommended step, once scored
 
 
 class JobList(BaseModel):

@@ -23,7 +23,7 @@ const DEFAULTS = {
   max_train_steps: 400, learning_rate: 2e-6, train_batch_size: 4, gradient_accumulation_steps: 1,
   lr_scheduler: "constant", lr_warmup_steps: 0, resolution: 512, center_crop: false, random_flip: false,
   mixed_precision: "fp16", gradient_checkpointing: false, use_8bit_adam: false, seed: null,
-  validation_prompts: [], num_validation_images: 1, num_inference_steps: 100, guidance_scale: 7.5,
+  validation_prompts: [], num_validation_images: 1, validation_inference_steps: 100, guidance_scale: 7.5,
 };
 
 const SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"];
@@ -59,7 +59,7 @@ const ADVANCED = [
   { legend: "Samples", fields: [
     { name: "validation_prompts", type: "lines", help: "Prompts to sample after training, one per line (up to 8); empty: the instance prompt." },
     { name: "num_validation_images", type: "int", min: 1, max: 8, help: "Images per prompt." },
-    { name: "num_inference_steps", type: "int", min: 1, max: 500, help: "DDIM steps per sample; about 100 rescues overfit models." },
+    { name: "validation_inference_steps", type: "int", min: 1, max: 500, help: "DDIM steps per sample; about 100 rescues overfit models." },
     { name: "guidance_scale", type: "float", help: "How closely samples follow the prompt (0 to 30)." },
   ] },
 ];

@@ -1,7 +1,10 @@
 """How a job looks to its owner: the `JobOut` built from the ORM row, with artifact URLs."""
 
 from backend.models import Artifact, Job
-from backend.schemas import ArtifactOut, ErrorOut, JobOut, Progress
+from backend.schemas import ArtifactOut, ErrorOut, Evaluation, JobOut, Progress
+
+# Artifacts that hold a step's whole weights: what ?step=N downloads and generations start from.
+WEIGHT_KINDS = ("pipeline", "weights")
 
 
 def job_out(job: Job) -> JobOut:
@@ -22,11 +25,18 @@ def job_out(job: Job) -> JobOut:
         started_at=job.started_at,
         finished_at=job.finished_at,
         photos_purged_at=job.photos_purged_at,
+        loss_history=job.loss_history or [],
+        kept_steps=kept_steps(job),
+        evaluation=Evaluation.model_validate(job.evaluation) if job.evaluation else None,
     )
 
 
+def kept_steps(job: Job) -> list[int]:
+    return sorted({artifact.step for artifact in job.artifacts if artifact.kind in WEIGHT_KINDS})
+
+
 def _artifact_out(job: Job, artifact: Artifact) -> ArtifactOut:
-    if artifact.kind in ("checkpoint", "pipeline"):
+    if artifact.kind in ("checkpoint", "pipeline", "weights"):
         url = (
             f"/api/jobs/{job.id}/checkpoint?format={artifact.format or 'single'}"
             f"&dtype={artifact.dtype}&step={artifact.step}"

@@ -7,7 +7,7 @@ from sqlalchemy import create_engine, inspect
 
 from backend.models import Base
 
-TABLES = {"users", "api_tokens", "jobs", "photos", "artifacts"}
+TABLES = {"users", "api_tokens", "jobs", "photos", "artifacts", "generations"}
 
 
 def schema_differences(url: str) -> list:

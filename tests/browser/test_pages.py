@@ -45,7 +45,7 @@ def test_face_job_from_photos_to_checkpoint(open_page, stack, user_factory):
     page.get_by_label("Instance prompt").fill("a photo of maria person")
     page.get_by_text("Advanced settings").click()
     expect(page.locator("#f-resolution")).to_have_value("64")  # demo mode prefills it
-    for name, value in {"max_train_steps": 30, "num_inference_steps": 4, "num_class_images": 2, "seed": 7}.items():
+    for name, value in {"max_train_steps": 30, "validation_inference_steps": 4, "num_class_images": 2, "seed": 7}.items():
         fill_setting(page, name, value)
     page.get_by_label("I may use these photos").check()
     screenshot(page, "new-job")

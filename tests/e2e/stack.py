@@ -23,7 +23,7 @@ FAST_SETTINGS = {
     "max_train_steps": 30,
     "train_batch_size": 2,
     "learning_rate": 1e-4,
-    "num_inference_steps": 4,
+    "validation_inference_steps": 4,
     "seed": 7,
 }
 

@@ -74,7 +74,7 @@ class TrainConfig:
     seed: int | None = None  # None = nondeterministic training; samples then use seed 0
     validation_prompts: tuple[str, ...] = ()  # sampled after training with DDIM; () = the instance prompt
     num_validation_images: int = 1  # images per validation prompt
-    num_inference_steps: int = 50  # DDIM steps per sample
+    validation_inference_steps: int = 50  # DDIM steps per sample
     guidance_scale: float = 7.5  # classifier-free guidance for samples
     device: str | None = None  # "cuda" | "cpu"; None = cuda if available (choose via CUDA_VISIBLE_DEVICES)
 

@@ -76,7 +76,7 @@ def make_config(photos: tuple[Path, ...], models_dir: Path) -> Callable[..., Tra
             max_train_steps=3,
             learning_rate=1e-3,
             seed=0,
-            num_inference_steps=4,
+            validation_inference_steps=4,
             device="cpu",
         )
         return TrainConfig(**{**settings, **overrides})

@@ -26,11 +26,11 @@ def test_second_job_reuses_the_loaded_model_and_trains_a_fresh_copy(
     real_load = components.load_components
     monkeypatch.setattr(components, "load_components", lambda *args: loads.append(args) or real_load(*args))
     cache = ComponentCache()
-    first = train(make_config(tmp_path / "1", max_train_steps=2, num_inference_steps=1), models=cache)
+    first = train(make_config(tmp_path / "1", max_train_steps=2, validation_inference_steps=1), models=cache)
     parts = cache.get("builtin:tiny", models_dir)
     pristine = {key: value.clone() for key, value in parts.unet.state_dict().items()}
 
-    second = train(make_config(tmp_path / "2", max_train_steps=2, num_inference_steps=1), models=cache)
+    second = train(make_config(tmp_path / "2", max_train_steps=2, validation_inference_steps=1), models=cache)
     assert len(loads) == 1
     assert cache.get("builtin:tiny", models_dir) is parts
     # note: the cached UNet was never trained in place, so both jobs started from the same base weights

@@ -26,7 +26,7 @@ def test_text_encoder_training_with_snr_offset_noise_and_checkpointing(
         lr_scheduler="cosine_with_restarts",
         lr_warmup_steps=1,
         lr_num_cycles=2,
-        num_inference_steps=2,
+        validation_inference_steps=2,
     )
     losses: list[float] = []
     result = train(config, lambda p: losses.append(p.loss) if p.phase == "training" else None, models=component_cache)
@@ -42,7 +42,7 @@ def test_text_encoder_training_with_snr_offset_noise_and_checkpointing(
 
 
 def test_ema_weights_are_exported(make_config: Callable[..., TrainConfig], tmp_path: Path, component_cache):
-    config = make_config(tmp_path, max_train_steps=2, use_ema=True, checkpointing_steps=1, num_inference_steps=2)
+    config = make_config(tmp_path, max_train_steps=2, use_ema=True, checkpointing_steps=1, validation_inference_steps=2)
     result = train(config, models=component_cache)
     states = tmp_path / "training-state"
     step1, step2 = (load_file(states / f"checkpoint-{s}" / "unet.safetensors") for s in (1, 2))
@@ -59,7 +59,7 @@ def test_gradient_accumulation_steps_the_optimizer_once_per_accumulated_batch(
 ):
     progress: list[Progress] = []
     config = make_config(tmp_path, max_train_steps=2, train_batch_size=2, gradient_accumulation_steps=3,
-                         checkpointing_steps=2, num_inference_steps=1)
+                         checkpointing_steps=2, validation_inference_steps=1)
     train(config, progress.append, models=component_cache)
     assert [p.step for p in progress if p.phase == "training"] == [1, 2]
     trainer = torch.load(tmp_path / "training-state" / "checkpoint-2" / "trainer.pt", weights_only=True)

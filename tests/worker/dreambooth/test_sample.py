@@ -36,7 +36,7 @@ def test_same_seed_same_pixels(trained: Run, tmp_path: Path):
         pipeline,
         [first.prompt, first.prompt, first.prompt],
         [first.seed, first.seed, first.seed + 1],
-        config.num_inference_steps,
+        config.validation_inference_steps,
         config.guidance_scale,
         config.resolution,
         tmp_path,

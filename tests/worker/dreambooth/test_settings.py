@@ -107,7 +107,7 @@ def test_out_of_memory_fails_the_job_naming_the_settings_to_change(monkeypatch, 
 
 
 def test_a_finished_job_drops_its_training_state(make_config, tmp_path: Path):
-    config = make_config(tmp_path, max_train_steps=2, checkpointing_steps=1, num_inference_steps=1)
+    config = make_config(tmp_path, max_train_steps=2, checkpointing_steps=1, validation_inference_steps=1)
     result = _train(config, FakeReporter())
     assert not result.stopped and result.memory_plan.profile == "cpu"
     assert not (tmp_path / "training-state").exists() and result.checkpoints["fp16"].exists()

@@ -22,7 +22,7 @@ RESUMABLE = dict(
     lr_warmup_steps=2,
     use_ema=True,
     train_text_encoder=True,
-    num_inference_steps=1,
+    validation_inference_steps=1,
 )
 
 
@@ -55,7 +55,7 @@ def test_stopped_run_resumes_to_the_same_weights(
 
 def test_states_are_whole_and_limited(make_config: Callable[..., TrainConfig], tmp_path: Path, component_cache):
     config = make_config(tmp_path, max_train_steps=3, checkpointing_steps=1, checkpoints_total_limit=2,
-                         num_inference_steps=1)
+                         validation_inference_steps=1)
     train(config, models=component_cache)
     assert [p.name for p in saved_states(tmp_path)] == ["checkpoint-2", "checkpoint-3"]
     latest = find_state(tmp_path, "latest")
@@ -72,7 +72,7 @@ def test_states_are_whole_and_limited(make_config: Callable[..., TrainConfig], t
 def test_resume_refuses_a_state_of_another_kind_of_run(
     make_config: Callable[..., TrainConfig], tmp_path: Path, component_cache
 ):
-    train(make_config(tmp_path, max_train_steps=1, checkpointing_steps=1, num_inference_steps=1),
+    train(make_config(tmp_path, max_train_steps=1, checkpointing_steps=1, validation_inference_steps=1),
           models=component_cache)
     with pytest.raises(ValueError, match="train_text_encoder"):
         train(make_config(tmp_path, max_train_steps=2, train_text_encoder=True, resume_from_checkpoint="latest"),

@@ -67,7 +67,7 @@ def test_8bit_adam_bf16_accumulation_and_random_crops(
         gradient_accumulation_steps=2,
         train_batch_size=2,
         random_flip=True,
-        num_inference_steps=2,
+        validation_inference_steps=2,
     )
     losses: list[float] = []
     result = train(config, lambda p: losses.append(p.loss) if p.phase == "training" else None)
