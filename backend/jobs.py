@@ -11,14 +11,22 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from backend import storage
 from backend.errors import LimitExceeded, NotFound, StorageFailed
 from backend.images import IngestedPhoto
-from backend.models import TERMINAL_STATUSES, Artifact, Job, JobStatus, Photo, User, utcnow
+from backend.models import (
+    TERMINAL_STATUSES,
+    Artifact,
+    Job,
+    JobStatus,
+    Photo,
+    User,
+    utcnow,
+)
 from backend.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -271,13 +279,58 @@ def record_progress(
     total_steps: int,
     loss: float | None,
     eta_seconds: float | None,
+    loss_history: list | None = None,
 ) -> bool:
-    """Write progress and heartbeat; returns whether the owner asked to cancel."""
+    """Write progress (and the loss curve, when given) and heartbeat; returns whether the owner asked to cancel."""
+    values = {"loss_history": loss_history} if loss_history is not None else {}
     cancel_requested = _fenced_update(
-        session, lease, phase=phase, step=step, total_steps=total_steps, loss=loss, eta_seconds=eta_seconds
+        session, lease, phase=phase, step=step, total_steps=total_steps, loss=loss, eta_seconds=eta_seconds, **values
     )
     session.commit()
     return cancel_requested
+
+
+# Artifacts a run makes while it trains (the rest come with finish_job).
+VALIDATION_KINDS = ("sample", "weights")
+
+
+def record_validation(
+    session: Session, lease: Lease, artifacts: list[Artifact], kept_steps: set[int], evaluation: dict | None
+) -> bool:
+    """Add a validation step's samples and kept weights, forget pruned weights, and store the scores.
+
+    Each file is whole on disk before its row is added, so the job shows samples as soon as they exist.
+    Returns whether the owner asked to cancel.
+    """
+    cancel_requested = _fenced_update(session, lease, evaluation=evaluation)
+    session.execute(
+        delete(Artifact).where(
+            Artifact.job_id == lease.job_id, Artifact.kind == "weights", Artifact.step.not_in(kept_steps)
+        )
+    )
+    for artifact in artifacts:
+        artifact.job_id = lease.job_id
+    session.add_all(artifacts)
+    session.commit()
+    return cancel_requested
+
+
+def forget_outputs_after(session: Session, lease: Lease, step: int) -> None:
+    """A new attempt resumes from `step`: drop what the last attempt recorded after it (it is redone)."""
+    job = session.get(Job, lease.job_id)
+    _fenced_update(
+        session,
+        lease,
+        loss_history=[point for point in job.loss_history or [] if point[0] <= step] or None,
+        # note: the next validation step reports the evaluation again, from every score kept on disk
+        evaluation=None,
+    )
+    session.execute(
+        delete(Artifact).where(
+            Artifact.job_id == lease.job_id, Artifact.kind.in_(VALIDATION_KINDS), Artifact.step > step
+        )
+    )
+    session.commit()
 
 
 def heartbeat(session: Session, lease: Lease) -> bool:
@@ -312,6 +365,9 @@ def finish_job(
         lease_token=None,
         finished_at=utcnow(),
     )
+    if status != JobStatus.succeeded:
+        # note: a run that did not succeed leaves no outputs (the caller removes their files)
+        session.execute(delete(Artifact).where(Artifact.job_id == lease.job_id))
     # note: added after the fenced update, so a deleted job raises LeaseLost, not a foreign-key error.
     for artifact in artifacts:
         artifact.job_id = lease.job_id
@@ -370,6 +426,9 @@ def end_abandoned_jobs(session: Session) -> list[uuid.UUID]:
             .returning(Job.id)
             .execution_options(synchronize_session=False)
         ).all()
+    if ended:
+        # note: their files go too (the reaper removes them once this commits)
+        session.execute(delete(Artifact).where(Artifact.job_id.in_(ended)))
     session.commit()
     for job_id in ended:
         log.warning("job %s ended by the reaper (its worker is gone or over time)", job_id)

@@ -129,6 +129,13 @@ class TrainingSettings(BaseModel):
             raise ValueError("must be a multiple of 64")
         return value
 
+    @field_validator("training_method")
+    @classmethod
+    def _lora_has_no_ema(cls, value: str, info: ValidationInfo) -> str:
+        if value == "lora" and info.data.get("use_ema"):
+            raise ValueError("lora cannot be combined with use_ema; turn use_ema off")
+        return value
+
     @field_validator("class_prompt")
     @classmethod
     def _prior_needs_class_prompt(cls, value: str | None, info: ValidationInfo) -> str | None:

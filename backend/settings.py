@@ -8,6 +8,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TINY_MODEL = "builtin:tiny"
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+TINY_SCORER = "builtin:tiny-clip"
+DEFAULT_SCORER = "openai/clip-vit-large-patch14"
 
 
 def gpu_present() -> bool:
@@ -30,6 +32,9 @@ class Settings(BaseSettings):
     base_model: str = ""
     # Base models users may pick, besides base_model itself (comma separated).
     extra_base_models: str = ""
+    # The model that scores validation samples to recommend a step: a CLIP (or DINO) Hub id or folder,
+    # "none" to not score. Empty: CLIP ViT-L/14, or the built-in tiny CLIP in demo mode.
+    scorer_model: str = ""
 
     # Jobs: a worker whose heartbeat is older than this is presumed dead.
     heartbeat_stale_seconds: int = 120
@@ -73,6 +78,8 @@ class Settings(BaseSettings):
             self.demo_mode = not gpu_present()
         if not self.base_model:
             self.base_model = TINY_MODEL if self.demo_mode else DEFAULT_BASE_MODEL
+        if not self.scorer_model:
+            self.scorer_model = TINY_SCORER if self.demo_mode else DEFAULT_SCORER
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'studio.db'}"
         if not self.broker_url:

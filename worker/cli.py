@@ -141,6 +141,10 @@ def train(args: argparse.Namespace) -> None:
         print(f"checkpoint ({dtype}): {path}")
     for sample in result.samples:
         print(f"sample: {sample.path}")
+    for step, path in result.kept_steps.items():
+        print(f"kept weights (step {step}): {path}")
+    if result.evaluation and result.evaluation["recommended_step"] is not None:
+        print(f"recommended step: {result.evaluation['recommended_step']} ({result.evaluation['reason']})")
 
 
 # Options of TrainConfig that `train` does not take as flags: it fills these itself.
@@ -217,12 +221,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     command = commands.add_parser("download", help="download a job's checkpoint (resumes a partial download)")
     command.add_argument("job")
-    command.add_argument("--format", choices=["single", "diffusers", "lora"], default="single")
+    command.add_argument("--format", choices=["single", "diffusers", "lora", "lora_kohya"], default="single")
     command.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16")
     command.add_argument("--step", type=int, help="a kept earlier step (default: the last)")
     command.add_argument("-o", "--output", help="file to write (default: the server's name for it)")
     client.add_server_options(command)
     command.set_defaults(run=client.client_command(client.download))
+
+    command = commands.add_parser("generate", help="render new images from a finished job and save them as PNGs")
+    command.add_argument("job")
+    command.add_argument("--prompt", required=True, help="what to draw; name the subject as the instance prompt did")
+    command.add_argument("--negative-prompt", help="what to keep out of the images")
+    command.add_argument("--scheduler", help="the sampler: ddim (default), pndm, lms, euler, euler_a or dpmpp_2m")
+    command.add_argument("--steps", type=int, help="sampling steps per image (default: 100, as the study advises)")
+    command.add_argument("--guidance-scale", type=float, help="how closely to follow the prompt (default: 7.5)")
+    command.add_argument("--seed", type=int, help="image i uses seed + i (default: one the server picks)")
+    command.add_argument("--num-images", type=int, help="how many images (default: 4)")
+    command.add_argument("--step", type=int, help="a kept training step to render from (default: the last)")
+    command.add_argument("--out", help="folder for the PNGs (default: ./<job id prefix>-generations/)")
+    client.add_server_options(command)
+    command.set_defaults(run=client.client_command(client.generate))
 
     command = commands.add_parser("jobs", help="list your jobs on a server, newest first")
     command.add_argument("--limit", type=int, default=20)

@@ -9,20 +9,59 @@ import logging
 import threading
 import time
 
-from backend import jobs
+from backend import jobs, storage
 from backend.db import get_sessionmaker
 from backend.jobs import Lease, LeaseLost
+from backend.models import Artifact
 from backend.settings import get_settings
 from worker.dreambooth.config import Progress
+from worker.dreambooth.validate import Validation
 
 log = logging.getLogger(__name__)
+
+# The loss curve a job keeps: at most this many points, whatever the number of steps.
+MAX_LOSS_POINTS = 400
+
+
+class LossHistory:
+    """A training loss curve in bounded memory: [step, mean loss] points, each the mean of `span` steps.
+
+    When the points fill up, neighbours merge pairwise and the span doubles, so a 20,000-step run
+    keeps a few hundred evenly spaced points, the same shape a plot of every step would show.
+    """
+
+    def __init__(self, points: list | None = None, max_points: int = MAX_LOSS_POINTS):
+        self.max_points = max_points
+        self.points: list[list] = [list(point) for point in points or []]
+        self.span = _span_of(self.points)
+        self._sum, self._count = 0.0, 0
+
+    def add(self, step: int, loss: float) -> None:
+        self._sum += loss
+        self._count += 1
+        if self._count < self.span:
+            return
+        self.points.append([step, round(self._sum / self._count, 6)])
+        self._sum, self._count = 0.0, 0
+        if len(self.points) >= self.max_points:
+            pairs = zip(self.points[0::2], self.points[1::2])
+            self.points = [[second[0], round((first[1] + second[1]) / 2, 6)] for first, second in pairs]
+            self.span *= 2
+
+
+def _span_of(points: list) -> int:
+    """The span the saved points were made with (a resumed job goes on with it)."""
+    if len(points) < 2:
+        return 1
+    return max(1, points[-1][0] - points[-2][0])
 
 
 class JobReporter:
     """Reports one job's progress under its lease; use as a context manager to run the heartbeat."""
 
-    def __init__(self, lease: Lease):
+    def __init__(self, lease: Lease, loss_history: list | None = None):
         self.lease = lease
+        self.losses = LossHistory(loss_history)
         settings = get_settings()
         self._interval = settings.progress_interval_seconds
         self._heartbeat_every = max(1.0, settings.heartbeat_stale_seconds / 4)
@@ -44,6 +83,8 @@ class JobReporter:
         self._thread.join()
 
     def on_progress(self, progress: Progress) -> None:
+        if progress.phase == "training" and progress.loss is not None:
+            self.losses.add(progress.step, progress.loss)
         now = time.monotonic()
         phase_changed = progress.phase != self._last_phase
         if not phase_changed and now - self._last_write < self._interval:
@@ -56,7 +97,35 @@ class JobReporter:
             total_steps=progress.total_steps,
             loss=progress.loss,
             eta_seconds=progress.eta_seconds,
+            loss_history=self.losses.points,
         )
+
+    def on_validation(self, validation: Validation) -> None:
+        """Record a validation step's samples, kept weights and scores at once (not throttled)."""
+        artifacts = [
+            Artifact(
+                kind="sample",
+                path=storage.relative(sample.path),
+                size_bytes=sample.path.stat().st_size,
+                step=sample.step,
+                prompt=sample.prompt,
+                seed=sample.seed,
+            )
+            for sample in validation.samples
+        ]
+        if validation.weights_dir is not None:
+            artifacts.append(
+                Artifact(
+                    kind="weights",
+                    path=storage.relative(validation.weights_dir),
+                    size_bytes=sum(f.stat().st_size for f in validation.weights_dir.rglob("*") if f.is_file()),
+                    step=validation.step,
+                    format=validation.weights_format,
+                    dtype="fp32",
+                )
+            )
+        kept = set(validation.kept_steps)
+        self._write(jobs.record_validation, artifacts=artifacts, kept_steps=kept, evaluation=validation.evaluation)
 
     @property
     def timed_out(self) -> bool:

@@ -26,12 +26,18 @@ from backend.queue import TRAIN_TASK
 from backend.settings import get_settings
 from worker.celery_app import app
 from worker.dreambooth.config import STATE_DIR, TrainConfig, TrainResult
+from worker.dreambooth.validate import EVALUATION_FILE, SAMPLES_DIR, STEPS_DIR
 from worker.progress import JobReporter
 
 log = logging.getLogger(__name__)
 
 # Server jobs save their training state at least this often (in steps), so a dead worker's job loses little.
 MAX_CHECKPOINT_INTERVAL = 500
+
+LORA_FORMATS = ("lora", "lora_kohya")
+
+# What a resumed attempt keeps of an earlier one's outputs (besides the training state).
+VALIDATION_OUTPUTS = (SAMPLES_DIR, STEPS_DIR, EVALUATION_FILE)
 
 # Write failures that mean the file store, not the job, is at fault.
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
@@ -62,7 +68,13 @@ def run_training_job(job_id: uuid.UUID) -> None:
         return
     log.info("job %s: attempt %d started", job_id, lease.attempt)
 
-    with JobReporter(lease) as reporter:
+    with get_sessionmaker()() as session:
+        # note: a new attempt resumes from the last saved training state and redoes what came after it
+        resume_step = _saved_step(storage.job_dir(job_id) / "output")
+        jobs.forget_outputs_after(session, lease, resume_step)
+        loss_history = session.scalar(select(Job.loss_history).where(Job.id == job_id))
+
+    with JobReporter(lease, loss_history) as reporter:
         try:
             result = _run_core(job_id, reporter)
         except LeaseLost:
@@ -105,12 +117,16 @@ def training_config(job: Job) -> TrainConfig:
     settings = {key: value for key, value in job.settings.items() if key in known}
     total = settings.get("max_train_steps", TrainConfig.max_train_steps)
     settings["checkpointing_steps"] = settings.get("checkpointing_steps") or default_checkpointing_steps(total)
-    # note: a server job's state is only for resuming after a dead worker, so the newest one is enough
-    settings["checkpoints_total_limit"] = settings.get("checkpoints_total_limit") or 1
+    # note: a server job's training state is only for resuming after a dead worker, so the newest one is
+    # enough; the user's checkpoints_total_limit bounds the kept weights of validation steps instead
+    settings["kept_steps_limit"] = settings.get("checkpoints_total_limit")
+    settings["checkpoints_total_limit"] = 1
+    scorer = get_settings().scorer_model
     output_dir = storage.job_dir(job.id) / "output"
     _clear_stale_outputs(output_dir)
     return TrainConfig(
         **settings,
+        scorer_model=None if scorer == "none" else scorer,
         instance_images=tuple(storage.resolve(photo.path) for photo in job.photos if photo.kind == "instance"),
         class_images=tuple(storage.resolve(photo.path) for photo in job.photos if photo.kind == "class"),
         output_dir=output_dir,
@@ -125,10 +141,18 @@ def default_checkpointing_steps(max_train_steps: int) -> int:
     return max(1, min(MAX_CHECKPOINT_INTERVAL, math.ceil(max_train_steps / 4)))
 
 
+def _saved_step(output_dir: Path) -> int:
+    """The step of the newest saved training state (what a new attempt resumes from); 0 for none."""
+    # note: read from the folder names here; worker.dreambooth.state would import torch into every task
+    steps = [int(path.name.split("-")[1]) for path in (output_dir / STATE_DIR).glob("checkpoint-[0-9]*")]
+    return max(steps, default=0)
+
+
 def _clear_stale_outputs(output_dir: Path) -> None:
-    """Remove what an earlier attempt wrote but its saved training state, which this attempt resumes from."""
+    """Remove what an earlier attempt wrote but its saved training state, which this attempt resumes from,
+    and its validation outputs (the core drops those after the resumed step)."""
     for path in output_dir.iterdir() if output_dir.is_dir() else ():
-        if path.name == STATE_DIR:
+        if path.name in (STATE_DIR, *VALIDATION_OUTPUTS):
             continue
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -154,7 +178,11 @@ def _train(config: TrainConfig, reporter: JobReporter) -> TrainResult:
     out_of_memory = False
     try:
         result = train_dreambooth(
-            config, on_progress=reporter.on_progress, should_stop=reporter.should_stop, models=_base_models()
+            config,
+            on_progress=reporter.on_progress,
+            should_stop=reporter.should_stop,
+            models=_base_models(),
+            on_validation=reporter.on_validation,
         )
     except torch.cuda.OutOfMemoryError:
         out_of_memory = True
@@ -176,29 +204,19 @@ def _train(config: TrainConfig, reporter: JobReporter) -> TrainResult:
 
 
 def _artifacts(result: TrainResult) -> list[Artifact]:
-    """Rows for the files the core wrote: samples, the single-file checkpoints, then the diffusers pipeline
-    (the source the API builds diffusers downloads from)."""
-    samples = [
-        Artifact(
-            kind="sample",
-            path=storage.relative(sample.path),
-            size_bytes=sample.path.stat().st_size,
-            step=sample.step,
-            prompt=sample.prompt,
-            seed=sample.seed,
-        )
-        for sample in result.samples
-    ]
+    """Rows for the final files the core wrote: the single-file checkpoints, then the diffusers pipeline (the
+    source the API builds diffusers downloads from). Samples and kept weights were recorded as they came."""
     checkpoints = [
         Artifact(
             kind="checkpoint",
             path=storage.relative(path),
             size_bytes=Path(path).stat().st_size,
             step=result.final_step,
-            format="single",
-            dtype=dtype,
+            # note: the core names its files by dtype ("fp16", "fp32": single files) or by format (LoRA, fp32)
+            format=name if name in LORA_FORMATS else "single",
+            dtype="fp32" if name in LORA_FORMATS else name,
         )
-        for dtype, path in result.checkpoints.items()
+        for name, path in result.checkpoints.items()
     ]
     pipeline = Artifact(
         kind="pipeline",
@@ -208,7 +226,7 @@ def _artifacts(result: TrainResult) -> list[Artifact]:
         format="diffusers",
         dtype="fp32",  # note: the core saves the pipeline in full precision; downloads may ask for fp16
     )
-    return samples + checkpoints + [pipeline]
+    return checkpoints + [pipeline]
 
 
 def _finish(

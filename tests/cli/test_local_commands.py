@@ -32,11 +32,12 @@ def test_train_runs_the_core_without_the_server(tmp_path):
     stdout = run(
         "train", "--photos", str(photos), "--output", str(output), "--models-dir", str(tmp_path / "models"),
         "--base-model", "builtin:tiny", "--instance-prompt", "a photo of rufus toy", "--resolution", "64",
-        "--max-train-steps", "3", "--num-inference-steps", "2", "--seed", "1", "--center-crop",
+        "--max-train-steps", "3", "--validation-inference-steps", "1", "--seed", "1", "--center-crop",
         env=base_env(),
     )
     checkpoint = output / "checkpoints" / "model-fp16.safetensors"
     assert f"checkpoint (fp16): {checkpoint}" in stdout
     with safe_open(str(checkpoint), "np") as file:
         assert any(key.startswith("model.diffusion_model.") for key in file.keys())
-    assert len(list((output / "samples").glob("*.png"))) == 1
+    # note: about five validation points means every one of 3 steps, each sampling 4 default prompts
+    assert len(list((output / "samples").glob("*.png"))) == 3 * 4

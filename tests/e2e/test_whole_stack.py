@@ -62,8 +62,17 @@ def check_succeeded_job(client: Client, job: dict, tiny_config_dir: Path, tmp_pa
     assert job["progress"]["step"] == job["progress"]["total_steps"] == FAST_SETTINGS["max_train_steps"]
     samples = [a for a in job["artifacts"] if a["kind"] == "sample"]
     checkpoints = {a["dtype"]: a for a in job["artifacts"] if a["kind"] == "checkpoint"}
-    assert len(samples) == 1 and samples[0]["prompt"] == FAST_SETTINGS["instance_prompt"]
+    # note: about five validation points across 30 steps, each sampling the instance prompt and 3 new contexts
+    steps = [6, 12, 18, 24, 30]
+    assert sorted({sample["step"] for sample in samples}) == steps and len(samples) == 4 * len(steps)
+    first = [sample for sample in samples if sample["step"] == 6]
+    assert first[0]["prompt"] == FAST_SETTINGS["instance_prompt"]
+    assert [sample["seed"] for sample in first] == [7, 8, 9, 10]  # the job's seed onwards, at every step
     assert set(checkpoints) == {"fp16", "fp32"}
+    assert job["kept_steps"] == steps
+    assert len(job["loss_history"]) == FAST_SETTINGS["max_train_steps"]
+    assert [score["step"] for score in job["evaluation"]["steps"]] == steps
+    assert job["evaluation"]["recommended_step"] in steps and job["evaluation"]["reason"]
 
     image = client.http.get(samples[0]["url"])
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG")

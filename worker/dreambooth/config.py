@@ -1,11 +1,12 @@
 """What a training run is asked to do, and what it reports back. Torch-free on purpose."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 STATE_DIR = "training-state"  # under output_dir: the saved training states a run resumes from
 MEMORY_PROFILES = ("auto", "none")
+TRAINING_METHODS = ("full", "lora")
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,23 @@ class TrainConfig:
     checkpoints_total_limit: int | None = None  # keep at most N states; None = all
     resume_from_checkpoint: str | None = None  # "latest", or a state folder (name under training-state/ or path)
 
+    # LoRA: train small low-rank adapters instead of every weight (far less memory, small files)
+    training_method: str = "full"  # "full" | "lora"
+    lora_rank: int = 4  # adapter rank
+    lora_alpha: float | None = None  # adapter scale numerator (the update is scaled by alpha / rank); None = rank
+    lora_dropout: float = 0.0  # dropout on the adapters' input
+
     seed: int | None = None  # None = nondeterministic training; samples then use seed 0
-    validation_prompts: tuple[str, ...] = ()  # sampled after training with DDIM; () = the instance prompt
-    num_validation_images: int = 1  # images per validation prompt
-    validation_inference_steps: int = 50  # DDIM steps per sample
+    # validation: samples across the run, the weights at each of those steps, and their scores
+    validation_prompts: tuple[str, ...] = ()  # () = the instance prompt and three new contexts (score.py)
+    num_validation_images: int = 1  # images per validation prompt, seeded alike at every step
+    validation_steps: int | None = None  # sample every N steps (and at the last); None = about five points
+    validation_scheduler: str = "ddim"  # sampler for samples (schedulers.py); the study: DDIM
+    validation_inference_steps: int = 50  # sampling steps per sample
     guidance_scale: float = 7.5  # classifier-free guidance for samples
+    keep_step_weights: bool = True  # keep each validation step's weights, so any of them can be exported
+    kept_steps_limit: int | None = None  # keep at most N steps' weights (the final and recommended always); None = all
+    scorer_model: str | None = None  # image-text model scoring the samples (score.py); None = no scoring
     device: str | None = None  # "cuda" | "cpu"; None = cuda if available (choose via CUDA_VISIBLE_DEVICES)
 
     def __post_init__(self):
@@ -99,7 +112,13 @@ class TrainConfig:
             raise ValueError("num_class_images and class_inference_steps must be >= 1")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ValueError("snr_gamma must be > 0")
-        for name in ("checkpointing_steps", "checkpoints_total_limit"):
+        if self.training_method not in TRAINING_METHODS:
+            raise ValueError(f"training_method must be full or lora, not {self.training_method!r}")
+        if self.lora_rank < 1:
+            raise ValueError("lora_rank must be >= 1")
+        if self.training_method == "lora" and self.use_ema:
+            raise ValueError("use_ema is not supported with training_method lora")
+        for name in ("checkpointing_steps", "checkpoints_total_limit", "validation_steps", "kept_steps_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 or None")
 
@@ -151,8 +170,10 @@ class TrainResult:
     stopped: bool  # True when should_stop() ended it early (no samples/exports then)
     final_step: int  # optimizer steps done
     pipeline_dir: Path | None  # diffusers folder (safetensors) of the trained pipeline
-    samples: tuple[Sample, ...]  # validation images, in prompt then index order
-    checkpoints: dict[str, Path]  # {"fp16": path, "fp32": path} single files
+    samples: tuple[Sample, ...]  # validation images of this run, by step, then prompt and index
+    checkpoints: dict[str, Path]  # {"fp16": path, "fp32": path} single files; LoRA runs add "lora", "lora_kohya"
     memory_plan: MemoryPlan | None = None  # what memory_profile chose
     class_images_generated: int = 0  # class images this run made (the rest came from uploads or the cache)
     resumed_from_step: int = 0  # the saved training state's step this run continued from; 0 = fresh
+    kept_steps: dict[int, Path] = field(default_factory=dict)  # intermediate steps' kept weights, by step
+    evaluation: dict | None = None  # the scores and the recommended step (validate.Evaluator.evaluation)

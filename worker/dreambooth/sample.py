@@ -5,10 +5,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline
 
 from .config import Sample
 from .files import atomic_file
+from .schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,13 @@ def sample_images(
     out_dir: Path,
     step: int,
     negative_prompt: str | None = None,
+    scheduler: str = "ddim",
 ) -> list[Sample]:
-    """Make one PNG per (prompt, seed) pair as out_dir/<step>-<index>.png; switches the pipeline to DDIM."""
+    """Make one PNG per (prompt, seed) pair as out_dir/<step>-<index>.png, with the named sampler."""
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     # note: the study found DDIM gives much better images than PNDM or LMS on overfit Dreambooth models
-    pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+    pipeline.scheduler = make_scheduler(scheduler, pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
     samples = []
     for index, (prompt, seed) in enumerate(zip(prompts, seeds)):

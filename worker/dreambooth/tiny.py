@@ -5,13 +5,22 @@ They need no network, train in seconds on a CPU, and exercise every code path th
 
 import json
 import logging
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+)
 
 from .files import atomic_dir
 
@@ -20,6 +29,11 @@ log = logging.getLogger(__name__)
 SEED = 0
 MAX_LENGTH = 77  # CLIP's context length, as SD 1.5
 NUM_MERGES = 400
+CLIP_WIDTH = 32  # the tiny CLIP's hidden and projection width, both towers
+CLIP_IMAGE_SIZE = 32  # the tiny CLIP's input side: 4 x 4 patches of 8 px
+# note: at CLIP's usual initialisation the tiny towers' outputs are dominated by the class and position
+# embeddings, so every image embeds alike (cosines ~0.95); 3x larger weights let the pixels through
+CLIP_INIT_FACTOR = 3.0
 
 # note: enough everyday and prompt words that a BPE pass learns useful merges
 WORDS = """
@@ -81,6 +95,47 @@ def make_model(out_dir: Path, size: str = "tiny") -> Path:
         )
         pipeline.save_pretrained(tmp, safe_serialization=True)
     log.info("generated builtin %s model at %s", size, out_dir)
+    return out_dir
+
+
+def build_tiny_clip(out_dir: Path) -> Path:
+    """Generate a deterministic tiny CLIPModel folder (model, image processor, tokenizer) at `out_dir`.
+
+    Random weights: its image-image similarities still tell identical, perturbed and unrelated images
+    apart, but its text-image similarities mean nothing. FileExistsError if `out_dir` is taken.
+    """
+    with torch.random.fork_rng(devices=[]), atomic_dir(out_dir, replace=False) as tmp:
+        torch.manual_seed(SEED)
+        _write_vocab_files(tmp / "vocab")
+        tokenizer = CLIPTokenizer.from_pretrained(tmp / "vocab", model_max_length=MAX_LENGTH)
+        shutil.rmtree(tmp / "vocab")
+        tower = {
+            "hidden_size": CLIP_WIDTH,
+            "intermediate_size": 4 * CLIP_WIDTH,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "hidden_act": "quick_gelu",
+            "initializer_factor": CLIP_INIT_FACTOR,
+        }
+        config = CLIPConfig(
+            text_config=dict(
+                **tower,
+                vocab_size=len(tokenizer),
+                max_position_embeddings=MAX_LENGTH,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            ),
+            vision_config=dict(**tower, image_size=CLIP_IMAGE_SIZE, patch_size=8),
+            projection_dim=CLIP_WIDTH,
+            initializer_factor=CLIP_INIT_FACTOR,
+        )
+        image_processor = CLIPImageProcessor(
+            size={"shortest_edge": CLIP_IMAGE_SIZE}, crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE}
+        )
+        CLIPModel(config).save_pretrained(tmp)
+        CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(tmp)
+    log.info("generated builtin tiny CLIP at %s", out_dir)
     return out_dir
 
 

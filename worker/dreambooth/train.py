@@ -6,12 +6,16 @@ prompt embeddings are computed once while the text encoder is frozen, and frozen
 once they are no longer needed.
 """
 
+import copy
+import dataclasses
+import functools
 import itertools
 import logging
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -21,11 +25,18 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, free_memory, set_seed
 from diffusers.utils.import_utils import is_xformers_available
 
-from .components import ComponentCache, Components, frozen_on, load_components, trainable_copy
+from .components import (
+    ComponentCache,
+    Components,
+    frozen_on,
+    load_components,
+    trainable_copy,
+)
 from .config import MemoryPlan, Progress, Sample, TrainConfig, TrainResult
 from .data import LatentSource, batches, load_photo
 from .export import checkpoint_metadata, export_single_file
 from .files import atomic_dir
+from .lora import LORA_FILE, LoraSettings, add_adapters, save_lora
 from .loss import dreambooth_loss, min_snr_weights, sample_noise, training_target
 from .memory import apply_memory_plan, plan_memory
 from .prior import (
@@ -38,10 +49,23 @@ from .prior import (
 )
 from .sample import sample_images
 from .state import find_state, load_state, save_state
+from .validate import (
+    SAMPLES_DIR,
+    Evaluator,
+    Validation,
+    forget_after,
+    is_validation_step,
+    kept_step_dirs,
+    prune,
+    sample_seeds,
+    step_dir,
+    validation_prompts,
+)
 
 log = logging.getLogger(__name__)
 
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
+TRAIN_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
 
 
 @dataclass
@@ -58,8 +82,9 @@ class _Trainees:
     noise_gen: torch.Generator  # latent draws, noise and timesteps, on the training device
 
     def parameters(self):
+        """The trained parameters (for LoRA runs: the adapters')."""
         models = [self.unet] + ([self.text_encoder] if self.text_encoder is not None else [])
-        return itertools.chain.from_iterable(model.parameters() for model in models)
+        return (p for p in itertools.chain.from_iterable(model.parameters() for model in models) if p.requires_grad)
 
 
 def train(
@@ -67,11 +92,14 @@ def train(
     on_progress: Callable[[Progress], None] = lambda p: None,
     should_stop: Callable[[], bool] = lambda: False,
     models: ComponentCache | None = None,
+    on_validation: Callable[[Validation], None] = lambda v: None,
 ) -> TrainResult:
-    """Fine-tune, sample and export; returns early (stopped=True, nothing exported) once should_stop().
+    """Fine-tune, validating along the way, and export; returns early (stopped=True, nothing exported)
+    once should_stop().
 
-    With `models`, the base model comes from (and stays in) that cache and is never modified; without
-    it, the base model is loaded for this run alone.
+    At each validation step (validate.py) the run samples, keeps that step's weights, scores the samples
+    and calls `on_validation`. With `models`, the base model comes from (and stays in) that cache and is
+    never modified; without it, the base model is loaded for this run alone.
     """
     total = config.max_train_steps
     on_progress(Progress("preparing", 0, total, None, None))
@@ -111,10 +139,8 @@ def train(
 
     # ------------------------------------------------------------------ data
     vae = frozen_on(parts.vae, accelerator.device, weight_dtype)
-    instance_latents = LatentSource(
-        vae, [load_photo(p, config.resolution) for p in config.instance_images], config.resolution,
-        config.center_crop, config.random_flip,
-    )
+    photos = [load_photo(p, config.resolution) for p in config.instance_images]
+    instance_latents = LatentSource(vae, photos, config.resolution, config.center_crop, config.random_flip)
     class_latents = LatentSource(
         vae, [load_photo(p, config.resolution) for p in class_paths], config.resolution,
         config.center_crop, config.random_flip,
@@ -127,6 +153,8 @@ def train(
     _release(device)
     count = max(len(instance_latents.photos), len(class_latents.photos) if class_latents else 0)
     order = _batch_order(count, config, run.order_gen, start)
+    forget_after(config.output_dir, start)
+    validator = _Validator(config, parts, accelerator, weight_dtype, photos, start, on_progress, on_validation)
 
     # ------------------------------------------------------------------ loop
     noise_scheduler = parts.noise_scheduler
@@ -172,36 +200,41 @@ def train(
         if run.ema is not None:
             run.ema.step(run.unet.parameters())
         step += 1
+        loss_value = step_loss.item()
+        elapsed = time.monotonic() - started
+        on_progress(Progress("training", step, total, loss_value, elapsed / (step - start) * (total - step)))
         if config.checkpointing_steps and step % config.checkpointing_steps == 0:
             _save(config, run, accelerator, step, base_seed)
-        elapsed = time.monotonic() - started
-        on_progress(Progress("training", step, total, step_loss.item(), elapsed / (step - start) * (total - step)))
+        if step < total and is_validation_step(config, step):
+            if should_stop():
+                return _stopped(step, plan, generated, start)
+            validator(step, run)
+            started = time.monotonic() - elapsed  # note: sampling time is not training time, for the ETA
     log.info("trained to step %d in %.1fs, last loss %.4f", step, time.monotonic() - started, step_loss.item())
 
-    # ------------------------------------------------------------------ sample
+    # ------------------------------------------------------------------ sample the final weights
     if should_stop():
         return _stopped(step, plan, generated, start)
-    on_progress(Progress("sampling", step, total, None, 0.0))
-    unet = accelerator.unwrap_model(run.unet).eval()
-    if run.ema is not None:
-        run.ema.copy_to(unet.parameters())
-    text_encoder = accelerator.unwrap_model(run.text_encoder).eval() if run.text_encoder is not None else None
-    del run, embed, instance_latents, class_latents, order, trained, parameters
+    del embed, instance_latents, class_latents, order, trained, parameters
     _release(device)
-    pipeline = _pipeline(
-        parts,
-        unet,
-        vae=frozen_on(parts.vae, accelerator.device, weight_dtype),
-        text_encoder=text_encoder or frozen_on(parts.text_encoder, accelerator.device, weight_dtype),
-    )
-    with accelerator.autocast():
-        samples = _validation_samples(pipeline, config, step)
-    del pipeline
+    validator(step, run)
 
     # ------------------------------------------------------------------ export
     if should_stop():
         return _stopped(step, plan, generated, start)
     on_progress(Progress("exporting", step, total, None, 0.0))
+    unet = accelerator.unwrap_model(run.unet).eval()
+    if run.ema is not None:
+        run.ema.copy_to(unet.parameters())
+    text_encoder = accelerator.unwrap_model(run.text_encoder).eval() if run.text_encoder is not None else None
+    del run
+    _release(device)
+    metadata = checkpoint_metadata(config, step)
+    checkpoints = {}
+    if config.training_method == "lora":
+        checkpoints.update(save_lora(config.output_dir / "lora", unet, text_encoder, lora_settings(config), metadata))
+        del unet, text_encoder
+        unet, text_encoder = _fused(parts, config.output_dir / "lora", config.train_text_encoder)
     pipeline_dir = config.output_dir / "pipeline"
     # note: the exported pipeline holds the untouched fp32 frozen parts, so exports carry the base weights exactly
     export = _pipeline(parts, unet, vae=parts.vae, text_encoder=text_encoder or parts.text_encoder)
@@ -209,8 +242,6 @@ def train(
         export.save_pretrained(tmp, safe_serialization=True)
     del export, unet, text_encoder
     _release(device)
-    metadata = checkpoint_metadata(config, step)
-    checkpoints = {}
     for dtype in ("fp16", "fp32"):
         path = config.output_dir / "checkpoints" / f"model-{dtype}.safetensors"
         checkpoints[dtype] = export_single_file(pipeline_dir, path, dtype, metadata)
@@ -218,11 +249,13 @@ def train(
         stopped=False,
         final_step=step,
         pipeline_dir=pipeline_dir,
-        samples=tuple(samples),
+        samples=tuple(validator.samples),
         checkpoints=checkpoints,
         memory_plan=plan,
         class_images_generated=generated,
         resumed_from_step=start,
+        kept_steps=kept_step_dirs(config.output_dir),
+        evaluation=validator.evaluation,
     )
 
 
@@ -279,6 +312,14 @@ def _make_trainees(
     device = accelerator.device
     unet = trainable_copy(parts.unet, shared).to(device)
     text_encoder = trainable_copy(parts.text_encoder, shared).to(device) if config.train_text_encoder else None
+    if config.training_method == "lora":
+        # note: the base weights stay frozen in the training precision; only the small fp32 adapters get
+        # gradients and optimizer state, which is where LoRA's memory saving comes from
+        weight_dtype = HALF.get(accelerator.mixed_precision, torch.float32)
+        for model in (unet, text_encoder):
+            if model is not None:
+                model.to(dtype=weight_dtype)
+        add_adapters(unet, text_encoder, lora_settings(config))
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if text_encoder is not None:
@@ -414,10 +455,18 @@ class _PromptEmbeddings:
 # ---------------------------------------------------------------------- training state
 
 
+def _trained_state(model: torch.nn.Module, config: TrainConfig) -> dict[str, torch.Tensor]:
+    """What a saved training state must hold of a model: every weight, or a LoRA run's adapters only."""
+    state = model.state_dict()
+    if config.training_method == "lora":
+        return {key: value for key, value in state.items() if ".lora_A." in key or ".lora_B." in key}
+    return state
+
+
 def _save(config: TrainConfig, run: _Trainees, accelerator: Accelerator, step: int, base_seed: int) -> None:
-    weights = {"unet": accelerator.unwrap_model(run.unet).state_dict()}
+    weights = {"unet": _trained_state(accelerator.unwrap_model(run.unet), config)}
     if run.text_encoder is not None:
-        weights["text_encoder"] = accelerator.unwrap_model(run.text_encoder).state_dict()
+        weights["text_encoder"] = _trained_state(accelerator.unwrap_model(run.text_encoder), config)
     trainer = {
         "optimizer": run.optimizer.state_dict(),
         "lr_scheduler": run.lr_scheduler.state_dict(),
@@ -433,6 +482,8 @@ def _save(config: TrainConfig, run: _Trainees, accelerator: Accelerator, step: i
         "base_model": config.base_model,
         "train_text_encoder": config.train_text_encoder,
         "use_ema": config.use_ema,
+        "training_method": config.training_method,
+        "lora_rank": config.lora_rank,
         "optimizer": type(run.optimizer.optimizer).__name__,
     }
     save_state(config.output_dir, step, weights, trainer, info, config.checkpoints_total_limit)
@@ -440,17 +491,20 @@ def _save(config: TrainConfig, run: _Trainees, accelerator: Accelerator, step: i
 
 def _check_resumable(info: dict, config: TrainConfig) -> None:
     """Refuse a saved state of a different kind of run (its weights or moments would not fit)."""
-    for name in ("base_model", "train_text_encoder", "use_ema"):
-        if info[name] != getattr(config, name):
+    for name in ("base_model", "train_text_encoder", "use_ema", "training_method", "lora_rank"):
+        # note: states saved before a setting existed were saved with its default
+        if info.get(name, TRAIN_DEFAULTS.get(name)) != getattr(config, name):
             raise ValueError(f"the saved training state has {name}={info[name]!r}, this run {getattr(config, name)!r}")
 
 
 def _restore(saved: tuple, run: _Trainees, accelerator: Accelerator, config: TrainConfig) -> int:
     """Load a saved state into the run; returns its step."""
     info, weights, trainer = saved
-    accelerator.unwrap_model(run.unet).load_state_dict(weights["unet"])
+    # note: a LoRA state holds the adapters only; the base weights are the base model's
+    strict = config.training_method != "lora"
+    accelerator.unwrap_model(run.unet).load_state_dict(weights["unet"], strict=strict)
     if run.text_encoder is not None:
-        accelerator.unwrap_model(run.text_encoder).load_state_dict(weights["text_encoder"])
+        accelerator.unwrap_model(run.text_encoder).load_state_dict(weights["text_encoder"], strict=strict)
     if info["optimizer"] == type(run.optimizer.optimizer).__name__:
         run.optimizer.load_state_dict(trainer["optimizer"])
     else:
@@ -487,21 +541,123 @@ def _pipeline(parts: Components, unet: torch.nn.Module, vae, text_encoder) -> St
     )
 
 
-def _validation_samples(pipeline: StableDiffusionPipeline, config: TrainConfig, step: int) -> list[Sample]:
-    """num_validation_images per prompt (default: the instance prompt), seeded seed, seed + 1, ..."""
-    prompts = config.validation_prompts or (config.instance_prompt,)
-    prompts = [prompt for prompt in prompts for _ in range(config.num_validation_images)]
-    first_seed = config.seed if config.seed is not None else 0
-    return sample_images(
-        pipeline,
-        prompts,
-        [first_seed + index for index in range(len(prompts))],
-        config.validation_inference_steps,
-        config.guidance_scale,
-        config.resolution,
-        config.output_dir / "samples",
-        step,
-    )
+class _Validator:
+    """Samples, keeps and scores the weights at a validation step (see validate.py), then reports it."""
+
+    def __init__(self, config, parts, accelerator, weight_dtype, photos, start, on_progress, on_validation):
+        self.config, self.parts, self.accelerator, self.weight_dtype = config, parts, accelerator, weight_dtype
+        self.on_progress, self.on_validation = on_progress, on_validation
+        prompts = validation_prompts(config)
+        per_prompt = config.num_validation_images
+        self.prompts = [prompt for prompt, _ in prompts for _ in range(per_prompt)]
+        self.contexts = [context for _, context in prompts for _ in range(per_prompt)]
+        self.seeds = sample_seeds(config, len(self.prompts))
+        self.evaluator = Evaluator(
+            config, photos, accelerator.device, start, functools.partial(_scorer, models_dir=config.models_dir)
+        )
+        self.samples: list[Sample] = []
+        self.evaluation: dict | None = None
+
+    @torch.no_grad()
+    def __call__(self, step: int, run: _Trainees) -> None:
+        config, accelerator = self.config, self.accelerator
+        final = step == config.max_train_steps
+        self.on_progress(Progress("sampling", step, config.max_train_steps, None, None))
+        unet = accelerator.unwrap_model(run.unet)
+        text_encoder = accelerator.unwrap_model(run.text_encoder) if run.text_encoder is not None else None
+        trained = [model for model in (unet, text_encoder) if model is not None]
+        if run.ema is not None:
+            # note: samples and kept weights show the averaged weights, as the export will
+            run.ema.store(unet.parameters())
+            run.ema.copy_to(unet.parameters())
+        for model in trained:
+            model.eval()
+        try:
+            pipeline = _pipeline(
+                self.parts,
+                unet,
+                vae=frozen_on(self.parts.vae, accelerator.device, self.weight_dtype),
+                text_encoder=text_encoder or frozen_on(self.parts.text_encoder, accelerator.device, self.weight_dtype),
+            )
+            with accelerator.autocast():
+                samples = sample_images(
+                    pipeline, self.prompts, self.seeds, config.validation_inference_steps, config.guidance_scale,
+                    config.resolution, config.output_dir / SAMPLES_DIR, step, scheduler=config.validation_scheduler,
+                )
+            del pipeline
+            weights_dir = None
+            if config.keep_step_weights and not final:
+                weights_dir = self._keep(step, unet, text_encoder)
+        finally:
+            for model in trained:
+                model.train()
+            if run.ema is not None:
+                run.ema.restore(unet.parameters())
+        _release(accelerator.device)
+        self.samples += samples
+        self.evaluator.score(step, samples, self.contexts)
+        kept = kept_step_dirs(config.output_dir)
+        self.evaluation = self.evaluator.evaluation(set(kept) | {step})
+        recommended = self.evaluation["recommended_step"] if self.evaluation else None
+        kept = prune(kept, config.kept_steps_limit, protected={step, recommended})
+        self.on_validation(
+            Validation(
+                step=step,
+                samples=tuple(samples),
+                weights_dir=weights_dir,
+                weights_format="lora" if config.training_method == "lora" else "diffusers",
+                kept_steps=tuple(kept),
+                evaluation=self.evaluation,
+            )
+        )
+
+    def _keep(self, step: int, unet, text_encoder) -> Path:
+        """Save what training changed at this step: the LoRA files, or the trained models laid out like the
+        pipeline folder."""
+        path = step_dir(self.config.output_dir, step)
+        with atomic_dir(path) as tmp:
+            if self.config.training_method == "lora":
+                save_lora(tmp, unet, text_encoder, lora_settings(self.config), checkpoint_metadata(self.config, step))
+            else:
+                unet.save_pretrained(tmp / "unet", safe_serialization=True)
+                if text_encoder is not None:
+                    text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+        return path
+
+
+@functools.cache
+def _scorer_cache():
+    return {}
+
+
+def _scorer(model: str, device: torch.device, models_dir: Path):
+    """The scorer for `model`, loaded once per process (a worker scores many jobs)."""
+    from .score import Scorer
+
+    cache = _scorer_cache()
+    key = (model, str(device), models_dir)
+    if key not in cache:
+        cache.clear()  # note: one scoring model in memory at a time
+        cache[key] = Scorer(model, models_dir, device)
+    return cache[key]
+
+
+def lora_settings(config: TrainConfig) -> LoraSettings:
+    return LoraSettings(rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout)
+
+
+def _fused(parts: Components, lora_dir: Path, text_encoder_trained: bool):
+    """The base model's fp32 UNet (and text encoder) with the saved LoRA merged in: what a full export holds.
+
+    Merged into fresh copies of the untouched fp32 base (the run may have trained over an fp16 one), through
+    diffusers' own loader, so the export is what anyone loading the LoRA file onto the base would get.
+    """
+    text_encoder = copy.deepcopy(parts.text_encoder) if text_encoder_trained else parts.text_encoder
+    pipeline = _pipeline(parts, copy.deepcopy(parts.unet), vae=parts.vae, text_encoder=text_encoder)
+    pipeline.load_lora_weights(lora_dir, weight_name=LORA_FILE)
+    pipeline.fuse_lora()
+    pipeline.unload_lora_weights()
+    return pipeline.unet, pipeline.text_encoder if text_encoder_trained else None
 
 
 def _stopped(step: int, plan: MemoryPlan, generated: int = 0, start: int = 0) -> TrainResult:

@@ -140,7 +140,7 @@ def test_prior_preservation_job_generates_only_missing_class_images(
 ):
     cache = tmp_path / "cache"
     common = dict(with_prior_preservation=True, class_prompt="a photo of a toy", class_inference_steps=2,
-                  cache_dir=cache, max_train_steps=2, num_inference_steps=2, train_batch_size=2)
+                  cache_dir=cache, max_train_steps=2, validation_inference_steps=2, train_batch_size=2)
     progress: list[Progress] = []
     # note: one uploaded class photo, so 3 of the 4 class images are generated
     first = train(make_config(tmp_path / "1", num_class_images=4, class_images=photos[:1], **common),

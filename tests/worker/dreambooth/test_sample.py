@@ -17,21 +17,22 @@ def pixels(path: Path) -> np.ndarray:
         return np.asarray(image)
 
 
-def test_training_writes_one_sample_per_prompt(trained: Run):
+def test_training_samples_every_prompt_with_the_same_seeds_at_each_validation_step(trained: Run):
     config, result, _ = trained
+    prompts = (("a photo of sks toy", 0), ("a sks toy on the beach", 1))
+    # note: a 3-step run has about five validation points: every step
     assert [(s.prompt, s.seed, s.step) for s in result.samples] == [
-        ("a photo of sks toy", 0, 3),
-        ("a sks toy on the beach", 1, 3),
+        (prompt, seed, step) for step in (1, 2, 3) for prompt, seed in prompts
     ]
-    for index, sample in enumerate(result.samples):
-        assert sample.path == config.output_dir / "samples" / f"3-{index}.png"
+    for sample in result.samples:
+        assert sample.path == config.output_dir / "samples" / f"{sample.step}-{sample.seed}.png"
         assert pixels(sample.path).shape == (config.resolution, config.resolution, 3)
 
 
 def test_same_seed_same_pixels(trained: Run, tmp_path: Path):
     config, result, _ = trained
     pipeline = load_pipeline(result.pipeline_dir, "cpu")
-    first = result.samples[0]
+    first = result.samples[-2]  # the final step's first sample
     again = sample_images(
         pipeline,
         [first.prompt, first.prompt, first.prompt],

@@ -59,23 +59,25 @@ def test_user_checkpoint_settings_win():
     settings = TrainingSettings(instance_prompt="x", base_model="builtin:tiny", checkpointing_steps=7,
                                 checkpoints_total_limit=3)
     config = training_config(job_with(settings.model_dump(mode="json"), ("instance",)))
-    assert (config.checkpointing_steps, config.checkpoints_total_limit) == (7, 3)
+    # note: the user's limit bounds the kept validation weights; the resume state keeps the newest only
+    assert (config.checkpointing_steps, config.kept_steps_limit, config.checkpoints_total_limit) == (7, 3, 1)
 
 
 def test_default_checkpoints_every_quarter_or_500_steps():
     assert [default_checkpointing_steps(n) for n in (1, 3, 400, 1200, 2000, 20_000)] == [1, 1, 100, 300, 500, 500]
 
 
-def test_a_new_attempt_keeps_only_the_saved_training_state():
+def test_a_new_attempt_keeps_only_the_saved_training_state_and_validation_outputs():
     settings = TrainingSettings(instance_prompt="x", base_model="builtin:tiny").model_dump(mode="json")
     job = job_with(settings, ("instance",))
     output = storage.job_dir(job.id) / "output"
     for stale in ("samples/400-0.png", "checkpoints/model-fp16.safetensors", "pipeline/model_index.json",
-                  "training-state/checkpoint-100/state.json"):
+                  "training-state/checkpoint-100/state.json", "steps/step-80/unet/config.json", "evaluation.json"):
         (output / stale).parent.mkdir(parents=True, exist_ok=True)
         (output / stale).write_text("x")
     config = training_config(job)
-    assert sorted(p.name for p in config.output_dir.iterdir()) == ["training-state"]
+    # note: the core itself drops the validation outputs after the resumed step (validate.forget_after)
+    assert sorted(p.name for p in config.output_dir.iterdir()) == ["evaluation.json", "samples", "steps", "training-state"]
     assert (output / "training-state" / "checkpoint-100" / "state.json").exists()
 
 
@@ -87,6 +89,9 @@ class FakeReporter:
 
     def should_stop(self) -> bool:
         return False
+
+    def on_validation(self, validation) -> None:
+        pass
 
 
 def test_out_of_memory_fails_the_job_naming_the_settings_to_change(monkeypatch, make_config, tmp_path: Path):
