@@ -6,7 +6,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from backend.api import artifacts, events, health, info, jobs, tokens
+from backend.api import artifacts, events, generations, health, info, jobs, tokens
 from backend.body_limit import BodySizeLimit
 from backend.bulkhead import RequestBulkhead
 from backend.db import MAX_CONCURRENT_REQUESTS
@@ -31,7 +31,7 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestBulkhead, limit=MAX_CONCURRENT_REQUESTS)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
-    for module in (health, info, jobs, artifacts, events, tokens):
+    for module in (health, info, jobs, artifacts, events, generations, tokens):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     # note: mounted last, so that "/" serves the page without shadowing /api or the probes.
     if (FRONTEND_DIR / "index.html").is_file():

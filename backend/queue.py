@@ -7,6 +7,7 @@ from celery import Celery
 from backend.settings import Settings, get_settings
 
 TRAIN_TASK = "dreambooth.train"
+GENERATE_TASK = "dreambooth.generate"
 GPU_QUEUE = "gpu"
 
 
@@ -43,3 +44,8 @@ def client() -> Celery:
 
 def enqueue_training(job_id: str) -> None:
     client().send_task(TRAIN_TASK, args=[job_id], queue=GPU_QUEUE)
+
+
+def enqueue_generation(generation_id: str) -> None:
+    """Queue a generation behind the training jobs already waiting: same GPU queue, first in first out."""
+    client().send_task(GENERATE_TASK, args=[generation_id], queue=GPU_QUEUE)

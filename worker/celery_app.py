@@ -13,7 +13,7 @@ from worker.reaper import Reaper
 
 app = make_celery(get_settings())
 app.conf.update(
-    include=["worker.tasks"],
+    include=["worker.tasks", "worker.generation_tasks"],
     # note: with late acks, a task cut off by a lost broker connection is redelivered, not lost.
     worker_cancel_long_running_tasks_on_connection_loss=True,
     worker_hijack_root_logger=False,

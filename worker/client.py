@@ -1,4 +1,4 @@
-"""The HTTP client of `dreambooth submit | watch | download | jobs | cancel`: the REST API over httpx.
+"""The HTTP client of `dreambooth submit | watch | download | generate | jobs | cancel`: the REST API over httpx.
 
 Talks to a running server like the page does; no torch, no backend imports. Errors from the API
 end the command with one line and exit code 2.
@@ -20,6 +20,8 @@ DEFAULT_SERVER = "http://127.0.0.1:8000"
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 TERMINAL = {"succeeded", "failed", "cancelled"}
 POLL_SECONDS = 2.0
+# note: a generation takes seconds, not hours, so it is polled more often than a job
+GENERATION_POLL_SECONDS = 0.5
 CHUNK_BYTES = 1 << 20
 BAR_WIDTH = 24
 
@@ -59,6 +61,12 @@ class StudioClient:
 
     def cancel(self, job_id: str) -> dict:
         return self._json("POST", f"/api/jobs/{job_id}/cancel")
+
+    def generate(self, job_id: str, params: dict) -> dict:
+        return self._json("POST", f"/api/jobs/{job_id}/generations", json=params)
+
+    def generation(self, generation_id: str) -> dict:
+        return self._json("GET", f"/api/generations/{generation_id}")
 
     def events(self, job_id: str) -> Iterator[dict]:
         """The job on every change, from the server-sent events stream, until the stream ends."""
@@ -354,6 +362,50 @@ def _download_line(name: str, done: int, total: int) -> str:
     filled = round(BAR_WIDTH * done / total) if total else 0
     percent = f"{100 * done / total:5.1f}%" if total else ""
     return f"{name}  [{'#' * filled}{'.' * (BAR_WIDTH - filled)}]  {percent}  {format_bytes(done)} of {format_bytes(total)}"
+
+
+def generate(client: StudioClient, args: argparse.Namespace) -> int:
+    """Ask a finished job for new images, wait for them, save the PNGs and print their paths;
+    exit 1 when the generation failed."""
+    options = {
+        "negative_prompt": args.negative_prompt,
+        "scheduler": args.scheduler,
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "seed": args.seed,
+        "num_images": args.num_images,
+        "step": args.step,
+    }
+    params = {"prompt": args.prompt} | {name: value for name, value in options.items() if value is not None}
+    generation = client.generate(args.job, params)
+    line = LiveLine()
+    try:
+        while generation["status"] not in TERMINAL:
+            line.show(_generation_line(generation))
+            time.sleep(GENERATION_POLL_SECONDS)
+            generation = client.generation(generation["id"])
+    finally:
+        line.end()
+    if generation["status"] != "succeeded":
+        reason = generation["error"]["message"] if generation.get("error") else "the server gave no reason"
+        print(f"failed: {reason}", file=sys.stderr)
+        return 1
+    out = Path(args.out or f"{generation['job_id'][:8]}-generations")
+    out.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(generation["images"]):
+        target = out / f"{generation['id'][:8]}-{index}-seed{image['seed']}.png"
+        client.download(image["url"], target, lambda _done, _total: None)
+        print(target)
+    return 0
+
+
+def _generation_line(generation: dict) -> str:
+    params = generation["params"]
+    doing = "waiting for the GPU" if generation["status"] == "queued" else "rendering"
+    return (
+        f"{generation['status']:<10} {doing}: {params['num_images']} images at step {params['step']}, "
+        f"{params['scheduler']} {params['num_inference_steps']} steps, seed {params['seed']}"
+    )
 
 
 def list_jobs(client: StudioClient, args: argparse.Namespace) -> None:

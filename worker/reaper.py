@@ -5,7 +5,9 @@ Every `reaper_interval_seconds` it
   limit (`worker_lost`), past the hard time limit (`timeout`), and removes their partial outputs;
 * sends another wake-up call for jobs that need one: queued too long (the message may be lost), or
   running with a stale heartbeat and attempts left (a new worker claims and resumes them);
-* deletes the raw photos of jobs that ended longer ago than `photo_retention_days`.
+* deletes the raw photos of jobs that ended longer ago than `photo_retention_days`;
+* does the same for generations: fails stale ones at the attempt limit (`worker_lost`) and removes
+  their partial images, and wakes queued ones that waited too long and stale ones with attempts left.
 
 Why a thread in each worker rather than Celery beat: beat is one more process to deploy and must
 run exactly once, and a dead beat would stop all recovery silently. Every worker already has the
@@ -15,9 +17,10 @@ is back.
 """
 
 import logging
+import shutil
 import threading
 
-from backend import jobs, queue, storage
+from backend import generations, jobs, queue, storage
 from backend.db import get_sessionmaker
 from backend.settings import get_settings
 
@@ -30,11 +33,18 @@ def sweep() -> None:
         ended = jobs.end_abandoned_jobs(session)
         to_wake = jobs.jobs_to_wake(session)
         jobs.purge_expired_photos(session)
+        ended_generations = generations.end_abandoned_generations(session)
+        generations_woken = generations.generations_to_wake(session)
     for job_id in ended:
         storage.remove_job_outputs(job_id)
     for job_id in to_wake:
         log.info("job %s: sending another wake-up call", job_id)
         queue.enqueue_training(str(job_id))
+    for job_id, generation_id in ended_generations:
+        shutil.rmtree(generations.generation_dir(job_id, generation_id), ignore_errors=True)
+    for generation_id in generations_woken:
+        log.info("generation %s: sending another wake-up call", generation_id)
+        queue.enqueue_generation(str(generation_id))
 
 
 class Reaper:
