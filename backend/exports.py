@@ -1,10 +1,13 @@
 """Checkpoint downloads: which file answers a request, and the exports built from a job's files on demand.
 
-A finished job keeps its single-file checkpoints (sent as they are) and its diffusers pipeline folder.
-A `diffusers` download is a zip of that folder with DDIM as its scheduler and its weights in the asked
-dtype, built here without torch, once per (job, step, format, dtype), and kept under
-DATA_DIR/jobs/<id>/exports/. A lock file per export makes concurrent requests, in threads or processes,
-build it once; the file appears by an atomic rename, so nobody ever sends half of one.
+A finished job keeps its single-file checkpoints (sent as they are), its diffusers pipeline folder, and at
+each kept earlier step a weights folder holding only what training changed (its UNet, its text encoder
+when that was trained; LoRA jobs: the LoRA files). Any other download is built here without torch, once
+per (job, step, format, dtype), and kept under DATA_DIR/jobs/<id>/exports/: a `diffusers` zip of the
+pipeline folder (with a step's weights laid over it) with DDIM as its scheduler and its weights in the
+asked dtype; a step's single file, streamed one tensor at a time in the original Stable Diffusion layout;
+a LoRA file in fp16. A lock file per export makes concurrent requests, in threads or processes, build it
+once; the file appears by an atomic rename, so nobody ever sends half of one.
 """
 
 import errno
@@ -18,6 +21,7 @@ import time
 import unicodedata
 import zipfile
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,15 +34,22 @@ from backend import storage
 from backend.errors import Conflict, NotFound, StorageFailed
 from backend.models import Artifact, Job, JobStatus
 
+# note: the one module of the core the API uses: plain Python, so the exports here and the worker's own
+# single files hold the same names (test_torch_free keeps it that way)
+from worker.dreambooth import layout
+
 log = logging.getLogger(__name__)
 
 Format = Literal["single", "diffusers", "lora", "lora_kohya"]
 Dtype = Literal["fp16", "fp32"]
 
 LORA_FORMATS = ("lora", "lora_kohya")
-# The artifact each format is sent or built from: (kind, format).
-SOURCES = {"single": ("checkpoint", "single"), "diffusers": ("pipeline", "diffusers")}
-DESCRIPTIONS = {"single": "single-file checkpoint", "diffusers": "diffusers pipeline"}
+# A LoRA job's kept step: its weights folder holds one file per LoRA format.
+LORA_FILES = {"lora": "pytorch_lora_weights.safetensors", "lora_kohya": "kohya.safetensors"}
+# Artifacts that hold a step's weights: the steps a download may ask for.
+STEP_KINDS = ("checkpoint", "pipeline", "weights")
+COMPONENTS = ("unet", "vae", "text_encoder")  # what a single file holds
+SAFETENSORS_TYPE = "application/octet-stream"
 
 # The study: DDIM rescues overfit Dreambooth models, so downloaded pipelines default to it.
 DDIM = {"_class_name": "DDIMScheduler", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
@@ -92,40 +103,117 @@ def checkpoint_download(job: Job, checkpoint_format: Format, dtype: Dtype, step:
     """What answers GET /api/jobs/{id}/checkpoint; `step` None means the last kept one."""
     if job.status != JobStatus.succeeded:
         raise Conflict(f"the job is {job.status}; checkpoints can be downloaded once it has succeeded")
-    if checkpoint_format in LORA_FORMATS:
+    lora = job.settings.get("training_method") == "lora"
+    if checkpoint_format in LORA_FORMATS and not lora:
         raise NotFound(
             "this job was trained without LoRA; download format=single (one .safetensors file) "
             "or format=diffusers (a zip of the pipeline folder) instead"
         )
-    sources = [
-        artifact
-        for artifact in job.artifacts
-        if (artifact.kind, artifact.format or "single") == SOURCES[checkpoint_format]
-    ]
-    kept = sorted({artifact.step for artifact in sources})
+    kept = kept_steps(job)
     if not kept:
-        raise NotFound(f"this job kept no {DESCRIPTIONS[checkpoint_format]}")
+        raise NotFound("this job kept no checkpoint")
     if step is not None and step not in kept:
         raise NotFound(f"this job kept no checkpoint at step {step}; kept steps: {', '.join(map(str, kept))}")
     step = kept[-1] if step is None else step
     stem = f"{download_stem(job)}-step{step}-{dtype}"
+    exports = storage.job_dir(job.id) / "exports"
+    if checkpoint_format in LORA_FORMATS:
+        return _lora_file(job, checkpoint_format, dtype, step, stem, exports)
+    if lora and _find(job, "pipeline", step) is None:
+        raise NotFound(
+            f"step {step} of this LoRA job kept only its LoRA weights; "
+            "intermediate steps of LoRA jobs download as format=lora or format=lora_kohya"
+        )
     if checkpoint_format == "single":
-        return _single_file(sources, step, dtype, stem)
-    source = storage.resolve(next(artifact.path for artifact in sources if artifact.step == step))
-    folder = f"{stem}-diffusers"
+        return _single_file(job, dtype, step, stem, exports)
+    return _diffusers_zip(job, dtype, step, stem, exports)
+
+
+def kept_steps(job: Job) -> list[int]:
+    return sorted({artifact.step for artifact in job.artifacts if artifact.kind in STEP_KINDS})
+
+
+def _single_file(job: Job, dtype: Dtype, step: int, stem: str, exports: Path) -> Download:
+    filename = f"{stem}.safetensors"
+    kept = _find(job, "checkpoint", step, "single", dtype)
+    if kept is not None:
+        return Download(storage.resolve(kept.path), filename, SAFETENSORS_TYPE)
+    weights, pipeline = _find(job, "weights", step, "diffusers"), _final_pipeline(job)
+    # note: a step's file says what the final one says of the training, so its header starts from that
+    final = pipeline and (
+        _find(job, "checkpoint", pipeline.step, "single", "fp32") or _find(job, "checkpoint", pipeline.step, "single")
+    )
+    if weights is None or final is None:
+        raise NotFound(f"this job has no {dtype} single-file checkpoint at step {step}")
     return Download(
-        path=storage.job_dir(job.id) / "exports" / f"step{step}-diffusers-{dtype}.zip",
-        filename=f"{folder}.zip",
-        media_type="application/zip",
-        build=partial(build_diffusers_zip, source, dtype=dtype, folder=folder),
+        path=exports / f"step{step}-single-{dtype}.safetensors",
+        filename=filename,
+        media_type=SAFETENSORS_TYPE,
+        build=partial(
+            _build_step_single_file,
+            storage.resolve(pipeline.path),
+            storage.resolve(weights.path),
+            storage.resolve(final.path),
+            step=step,
+            dtype=dtype,
+        ),
     )
 
 
-def _single_file(sources: list[Artifact], step: int, dtype: Dtype, stem: str) -> Download:
-    artifact = next((a for a in sources if a.step == step and a.dtype == dtype), None)
-    if artifact is None:
-        raise NotFound(f"this job has no {dtype} single-file checkpoint at step {step}")
-    return Download(storage.resolve(artifact.path), f"{stem}.safetensors", "application/octet-stream")
+def _diffusers_zip(job: Job, dtype: Dtype, step: int, stem: str, exports: Path) -> Download:
+    pipeline, overlay = _find(job, "pipeline", step, "diffusers"), None
+    if pipeline is None:
+        weights, pipeline = _find(job, "weights", step, "diffusers"), _final_pipeline(job)
+        if weights is None or pipeline is None:
+            raise NotFound(f"this job kept no diffusers pipeline at step {step}")
+        overlay = storage.resolve(weights.path)
+    folder = f"{stem}-diffusers"
+    return Download(
+        path=exports / f"step{step}-diffusers-{dtype}.zip",
+        filename=f"{folder}.zip",
+        media_type="application/zip",
+        build=partial(build_diffusers_zip, storage.resolve(pipeline.path), dtype=dtype, folder=folder, overlay=overlay),
+    )
+
+
+def _lora_file(job: Job, checkpoint_format: Format, dtype: Dtype, step: int, stem: str, exports: Path) -> Download:
+    """The final step's LoRA checkpoint file, or the file in a kept step's LoRA weights folder."""
+    source = _find(job, "checkpoint", step, checkpoint_format)
+    if source is not None:
+        path = storage.resolve(source.path)
+    elif (source := _find(job, "weights", step, "lora")) is not None:
+        path = storage.resolve(source.path) / LORA_FILES[checkpoint_format]
+    else:
+        raise NotFound(f"this job kept no LoRA weights at step {step}")
+    filename = f"{stem}-{checkpoint_format.replace('_', '-')}.safetensors"
+    if dtype == (source.dtype or "fp32"):
+        return Download(path, filename, SAFETENSORS_TYPE)
+    return Download(
+        path=exports / f"step{step}-{checkpoint_format}-{dtype}.safetensors",
+        filename=filename,
+        media_type=SAFETENSORS_TYPE,
+        build=partial(cast_safetensors, path, dtype=dtype),
+    )
+
+
+def _find(job: Job, kind: str, step: int, file_format: str | None = None, dtype: str | None = None) -> Artifact | None:
+    """The job's artifact of `kind` at `step` (of `file_format` and `dtype` if given; single files have no format)."""
+    return next(
+        (
+            artifact
+            for artifact in job.artifacts
+            if (artifact.kind, artifact.step) == (kind, step)
+            and file_format in (None, artifact.format or "single")
+            and dtype in (None, artifact.dtype)
+        ),
+        None,
+    )
+
+
+def _final_pipeline(job: Job) -> Artifact | None:
+    """The pipeline folder of the last step: a kept earlier step is that with the step's weights laid over it."""
+    pipelines = (artifact for artifact in job.artifacts if artifact.kind == "pipeline")
+    return max(pipelines, key=lambda artifact: artifact.step, default=None)
 
 
 def download_stem(job: Job) -> str:
@@ -161,25 +249,40 @@ def build_once(path: Path, build: Callable[[Path], None]) -> Path:
     return path
 
 
-def build_diffusers_zip(pipeline_dir: Path, out: Path, dtype: Dtype, folder: str) -> None:
-    """Zip a diffusers pipeline folder under `folder/`, with DDIM as its scheduler and its weights in `dtype`."""
+def build_diffusers_zip(pipeline_dir: Path, out: Path, dtype: Dtype, folder: str, overlay: Path | None = None) -> None:
+    """Zip a diffusers pipeline folder (a kept step's weights folder laid over it) under `folder/`, with DDIM as
+    its scheduler and its weights in `dtype`."""
+    with zipfile.ZipFile(out, "w") as archive:
+        for top in overlaid(pipeline_dir, overlay).values():
+            files = [top] if top.is_file() else sorted(path for path in top.rglob("*") if path.is_file())
+            for path in files:
+                relative = path.relative_to(top.parent).as_posix()
+                name = f"{folder}/{relative}"
+                if relative == "model_index.json":
+                    index = {**_read_json(path), "scheduler": ["diffusers", "DDIMScheduler"]}
+                    archive.writestr(name, _json(index), zipfile.ZIP_DEFLATED)
+                elif relative == "scheduler/scheduler_config.json":
+                    archive.writestr(name, _json(ddim_scheduler_config(_read_json(path))), zipfile.ZIP_DEFLATED)
+                elif path.suffix == ".safetensors":
+                    # note: weights hardly compress, so they are stored: building and unzipping stay disk-bound
+                    with archive.open(zipfile.ZipInfo.from_file(path, name), "w") as entry:
+                        write_safetensors(path, entry, dtype)
+                else:
+                    archive.write(path, name, compress_type=zipfile.ZIP_DEFLATED)
+
+
+def overlaid(pipeline_dir: Path, overlay: Path | None = None) -> dict[str, Path]:
+    """The top-level entries of a pipeline folder (model_index.json, unet/, vae/, ...) by name, with a kept
+    step's weights folder laid over it: each of its folders (unet/, text_encoder/) stands in for the whole
+    of the pipeline's."""
     if not (pipeline_dir / "model_index.json").is_file():
         raise FileNotFoundError(pipeline_dir / "model_index.json")
-    with zipfile.ZipFile(out, "w") as archive:
-        for path in sorted(p for p in pipeline_dir.rglob("*") if p.is_file()):
-            relative = path.relative_to(pipeline_dir).as_posix()
-            name = f"{folder}/{relative}"
-            if relative == "model_index.json":
-                index = {**_read_json(path), "scheduler": ["diffusers", "DDIMScheduler"]}
-                archive.writestr(name, _json(index), zipfile.ZIP_DEFLATED)
-            elif relative == "scheduler/scheduler_config.json":
-                archive.writestr(name, _json(ddim_scheduler_config(_read_json(path))), zipfile.ZIP_DEFLATED)
-            elif path.suffix == ".safetensors":
-                # note: weights hardly compress, so they are stored: building and unzipping stay disk-bound
-                with archive.open(zipfile.ZipInfo.from_file(path, name), "w") as entry:
-                    write_safetensors(path, entry, dtype)
-            else:
-                archive.write(path, name, compress_type=zipfile.ZIP_DEFLATED)
+    entries = {entry.name: entry for entry in pipeline_dir.iterdir()}
+    if overlay is not None:
+        if not overlay.is_dir():
+            raise FileNotFoundError(overlay)
+        entries |= {entry.name: entry for entry in overlay.iterdir()}
+    return dict(sorted(entries.items()))
 
 
 def ddim_scheduler_config(config: dict) -> dict:
@@ -187,30 +290,99 @@ def ddim_scheduler_config(config: dict) -> dict:
     return {**DDIM, **{key: config[key] for key in NOISE_SCHEDULE if key in config}}
 
 
-def write_safetensors(source: Path, target: IO[bytes], dtype: Dtype) -> None:
-    """Copy a .safetensors file into `target` with its floating tensors cast to `dtype`, keeping its metadata.
+def build_single_file(
+    pipeline_dir: Path, out: Path, dtype: Dtype, metadata: dict[str, str], overlay: Path | None = None
+) -> None:
+    """Write a pipeline's UNet, VAE and text encoder (a kept step's weights laid over them) as one
+    .safetensors file in the original Stable Diffusion layout: the names, shapes and types the worker's
+    export_single_file writes, streamed one tensor at a time."""
+    entries = overlaid(pipeline_dir, overlay)
+    with ExitStack() as stack:
+        sources: dict[str, dict] = {component: {} for component in COMPONENTS}  # diffusers name -> open file
+        configs = {}
+        for component in COMPONENTS:
+            configs[component] = _read_json(entries[component] / "config.json")
+            for path in layout.weight_files(entries[component]):
+                weights = stack.enter_context(safe_open(path, framework="numpy"))
+                sources[component] |= dict.fromkeys(weights.keys(), weights)
+        names = layout.original_names(
+            sources["unet"], configs["unet"], sources["vae"], configs["vae"], sources["text_encoder"]
+        )
+        tensors = []
+        for name, (component, key) in names.items():
+            view = sources[component][key].get_slice(key)
+            kind = _file_type(view.get_dtype(), dtype)
+            shape = layout.original_shape(name, view.get_shape())
+            tensors.append(Tensor(name, kind, shape, partial(sources[component][key].get_tensor, key)))
+        component, key = names[layout.POSITION_EMBEDDING]
+        positions = layout.position_ids_shape(sources[component][key].get_slice(key).get_shape())
+        tensors.append(Tensor(layout.POSITION_IDS, "I64", positions, partial(np.arange, positions[1])))
+        with out.open("wb") as target:
+            write_tensors(target, tensors, metadata)
 
-    One tensor at a time: a UNet is gigabytes, and this runs in the API process.
-    """
+
+def _build_step_single_file(
+    pipeline_dir: Path, weights_dir: Path, final_checkpoint: Path, out: Path, step: int, dtype: Dtype
+) -> None:
+    with safe_open(final_checkpoint, framework="numpy") as final:
+        metadata = layout.metadata_at_step(final.metadata() or {}, step)
+    build_single_file(pipeline_dir, out, dtype, metadata, overlay=weights_dir)
+
+
+def cast_safetensors(source: Path, out: Path, dtype: Dtype) -> None:
+    """Copy a .safetensors file to `out` with its floating tensors in `dtype`."""
+    with out.open("wb") as target:
+        write_safetensors(source, target, dtype)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A tensor to write: its name, safetensors type and shape in the file, and how to read it (cast on writing)."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    read: Callable[[], np.ndarray]
+
+
+def write_safetensors(source: Path, target: IO[bytes], dtype: Dtype) -> None:
+    """Copy a .safetensors file into `target` with its floating tensors cast to `dtype`, keeping its metadata."""
     with safe_open(source, framework="numpy") as weights:
-        entries = []
+        tensors = []
         for name in weights.keys():
             view = weights.get_slice(name)
-            kind = TENSOR_TYPES[dtype] if view.get_dtype() in FLOATS else view.get_dtype()
-            entries.append((name, kind, view.get_shape()))
-        # note: widest types first (as safetensors itself writes), so every tensor stays aligned in the file
-        entries.sort(key=lambda entry: (-np.dtype(NUMPY_TYPES[entry[1]]).itemsize, entry[0]))
-        header: dict = {"__metadata__": weights.metadata()} if weights.metadata() else {}
-        offset = 0
-        for name, kind, shape in entries:
-            size = math.prod(shape) * np.dtype(NUMPY_TYPES[kind]).itemsize
-            header[name] = {"dtype": kind, "shape": shape, "data_offsets": [offset, offset + size]}
-            offset += size
-        encoded = json.dumps(header, separators=(",", ":")).encode()
-        encoded += b" " * (-len(encoded) % 8)
-        target.write(len(encoded).to_bytes(8, "little") + encoded)
-        for name, kind, _shape in entries:
-            target.write(weights.get_tensor(name).astype(NUMPY_TYPES[kind], copy=False).tobytes())
+            kind = _file_type(view.get_dtype(), dtype)
+            tensors.append(Tensor(name, kind, tuple(view.get_shape()), partial(weights.get_tensor, name)))
+        write_tensors(target, tensors, weights.metadata())
+
+
+def write_tensors(target: IO[bytes], tensors: list[Tensor], metadata: dict[str, str] | None) -> None:
+    """Write a .safetensors file, reading one tensor at a time: a UNet is gigabytes, and this runs in the API process."""
+    # note: widest types first (as safetensors itself writes), so every tensor stays aligned in the file
+    tensors = sorted(tensors, key=lambda tensor: (-np.dtype(NUMPY_TYPES[tensor.kind]).itemsize, tensor.name))
+    header: dict = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for tensor in tensors:
+        size = math.prod(tensor.shape) * np.dtype(NUMPY_TYPES[tensor.kind]).itemsize
+        header[tensor.name] = {
+            "dtype": tensor.kind,
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    target.write(len(encoded).to_bytes(8, "little") + encoded)
+    for tensor in tensors:
+        data = tensor.read().astype(NUMPY_TYPES[tensor.kind], copy=False)
+        if data.size != math.prod(tensor.shape):
+            raise ValueError(f"{tensor.name} holds {data.size} values, not {tensor.shape}")
+        target.write(data.tobytes())
+
+
+def _file_type(kind: str, dtype: Dtype) -> str:
+    """The safetensors type a tensor of type `kind` is written as: floats in `dtype`, the rest as they are."""
+    return TENSOR_TYPES[dtype] if kind in FLOATS else kind
 
 
 def _read_json(path: Path) -> dict:

@@ -1,6 +1,7 @@
-"""Exports built from a job's files without torch: diffusers zips, fp16 weights, and the build-once cache."""
+"""Exports built from a job's files without torch: diffusers zips, single files, fp16 weights, the build-once cache."""
 
 import json
+import shutil
 import threading
 import time
 import uuid
@@ -10,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors import safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load, load_file, save_file
 
 from backend.exports import (
     build_diffusers_zip,
     build_once,
+    build_single_file,
     ddim_scheduler_config,
     download_stem,
     write_safetensors,
@@ -122,6 +124,62 @@ def test_diffusers_zip_loads_with_from_pretrained_and_samples_with_ddim(tiny_pip
             assert torch.equal(value, expected[name].to(torch_dtype)), f"{part}.{name}"
     image = loaded.to(torch.float32)("a photo of rufus", num_inference_steps=2, output_type="np", height=64, width=64)
     assert image.images.shape == (1, 64, 64, 3)
+
+
+def split(path: Path) -> tuple[dict, bytes]:
+    """A .safetensors file's header and its tensor data."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + size]), data[8 + size :]
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "fp32"])
+def test_single_file_streamed_with_numpy_is_the_workers_export(tiny_pipeline, tmp_path, dtype):
+    from worker.dreambooth.export import export_single_file
+
+    worker = export_single_file(tiny_pipeline, tmp_path / "worker.safetensors", dtype, {"step": "3"})
+    with safe_open(worker, "np") as f:
+        metadata = f.metadata()
+    build_single_file(tiny_pipeline, tmp_path / "api.safetensors", dtype, metadata)
+    # note: the same tensors in the same order, to the byte; only the header's JSON may order its keys otherwise
+    assert split(tmp_path / "api.safetensors") == split(worker)
+
+
+def test_a_weights_folder_stands_in_for_whole_component_folders(tiny_pipeline, tmp_path):
+    """A step's single-file UNet laid over a pipeline whose UNet is sharded: only the step's files remain."""
+    from worker.dreambooth.export import export_single_file
+
+    pipeline = shutil.copytree(tiny_pipeline, tmp_path / "pipeline")
+    unet = load_file(pipeline / "unet" / "diffusion_pytorch_model.safetensors")
+    (pipeline / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    names = sorted(unet)
+    shards = {"diffusion_pytorch_model-00001-of-00002.safetensors": names[::2]}
+    shards["diffusion_pytorch_model-00002-of-00002.safetensors"] = names[1::2]
+    for shard, keys in shards.items():
+        save_file({key: unet[key] for key in keys}, pipeline / "unet" / shard, metadata={"format": "pt"})
+    weight_map = {key: shard for shard, keys in shards.items() for key in keys}
+    index = {"metadata": {}, "weight_map": weight_map}
+    (pipeline / "unet" / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+    step = tmp_path / "weights"
+    (step / "unet").mkdir(parents=True)
+    shutil.copy(pipeline / "unet" / "config.json", step / "unet")
+    changed = {key: value + 1 for key, value in unet.items()}
+    save_file(changed, step / "unet" / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+
+    build_diffusers_zip(pipeline, tmp_path / "step.zip", "fp32", "step", overlay=step)
+    with zipfile.ZipFile(tmp_path / "step.zip") as archive:
+        unet_files = sorted(name for name in archive.namelist() if name.startswith("step/unet/"))
+        assert unet_files == ["step/unet/config.json", "step/unet/diffusion_pytorch_model.safetensors"]
+        zipped = archive.read("step/unet/diffusion_pytorch_model.safetensors")
+        text_encoder = archive.read("step/text_encoder/model.safetensors")
+    assert all(np.array_equal(value, changed[key]) for key, value in load(zipped).items())
+    assert load(text_encoder).keys() == load_file(pipeline / "text_encoder" / "model.safetensors").keys()
+
+    whole = shutil.copytree(pipeline, tmp_path / "whole", ignore=shutil.ignore_patterns("unet"))
+    shutil.copytree(step / "unet", whole / "unet")
+    expected = export_single_file(whole, tmp_path / "worker.safetensors", "fp32")
+    build_single_file(pipeline, tmp_path / "api.safetensors", "fp32", {}, overlay=step)
+    assert split(tmp_path / "api.safetensors")[1] == split(expected)[1]
 
 
 def test_concurrent_callers_build_once_and_all_get_the_whole_file(tmp_path):
