@@ -1,10 +1,13 @@
-// Dreambooth Studio in the browser: sign in, start a job from photos, follow it, download the model.
+// Dreambooth Studio in the browser: sign in, start a job from photos, follow it, pick a step,
+// download the model and generate images from it.
 // Plain DOM and fetch. API and user strings only ever reach the page through textContent.
 
 const TOKEN_KEY = "dreambooth-studio.token";
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const MIN_PHOTOS = 3;
 const POLL_MS = 2000;
+const GENERATION_POLL_MS = 1000;
+const GENERATION_DONE = new Set(["succeeded", "failed"]);
 const LIST_POLL_MS = 3000;
 const DEMO_RESOLUTION = 64;
 const DEMO_MAX_STEPS = 200;
@@ -23,21 +26,31 @@ const DEFAULTS = {
   max_train_steps: 400, learning_rate: 2e-6, train_batch_size: 4, gradient_accumulation_steps: 1,
   lr_scheduler: "constant", lr_warmup_steps: 0, resolution: 512, center_crop: false, random_flip: false,
   mixed_precision: "fp16", gradient_checkpointing: false, use_8bit_adam: false, seed: null,
-  validation_prompts: [], num_validation_images: 1, validation_inference_steps: 100, guidance_scale: 7.5,
+  training_method: "full", lora_rank: 4, lora_alpha: null, lora_dropout: 0,
+  validation_prompts: [], num_validation_images: 1, validation_steps: null, validation_scheduler: "ddim",
+  validation_inference_steps: 100, guidance_scale: 7.5,
 };
 
 const SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"];
+// Samplers for samples and generations, DDIM first: the study found it rescues overfit Dreambooth models.
+const SAMPLERS = ["ddim", "dpmpp_2m", "euler_a", "euler", "pndm", "lms"];
 
 // The advanced settings, in groups; `help` is the one line shown under each.
 const ADVANCED = [
   { legend: "Training", fields: [
     { name: "base_model", type: "select", help: "The Stable Diffusion model to fine-tune, from those this server offers." },
+    { name: "training_method", type: "select", options: ["full", "lora"], help: "full fine-tunes every weight; lora trains small adapters: far less GPU memory, small files." },
     { name: "max_train_steps", type: "int", min: 1, max: 20000, help: "Optimizer steps. Dreambooth overfits fast: start low, add steps until samples satisfy." },
     { name: "learning_rate", type: "float", help: "Lower won in every case of the study: 2e-6 for objects, 1e-6 for faces." },
     { name: "lr_scheduler", type: "select", options: SCHEDULERS, help: "How the learning rate changes during training." },
     { name: "lr_warmup_steps", type: "int", min: 0, max: 20000, help: "Steps over which the learning rate ramps up from zero." },
     { name: "train_text_encoder", type: "bool", help: "Fine-tune the text encoder too: the biggest quality gain, needs more memory." },
     { name: "seed", type: "int", min: 0, max: 4294967295, optional: true, help: "Makes training and samples repeatable; leave empty for a random one." },
+  ] },
+  { legend: "LoRA", when: (form) => form.training_method.value === "lora", fields: [
+    { name: "lora_rank", type: "int", min: 1, max: 256, help: "Adapter rank: larger learns more detail, and the file grows." },
+    { name: "lora_alpha", type: "float", optional: true, help: "Scales the adapters' update by alpha / rank; empty: the rank." },
+    { name: "lora_dropout", type: "float", help: "Dropout on the adapters' input (0 to below 1); 0 turns it off." },
   ] },
   { legend: "Photos", fields: [
     { name: "resolution", type: "int", min: 64, max: 1024, step: 64, help: "Square training size in pixels, a multiple of 64." },
@@ -57,9 +70,11 @@ const ADVANCED = [
     { name: "prior_loss_weight", type: "float", help: "Weight of the class images' loss (0 to 10)." },
   ] },
   { legend: "Samples", fields: [
-    { name: "validation_prompts", type: "lines", help: "Prompts to sample after training, one per line (up to 8); empty: the instance prompt." },
+    { name: "validation_prompts", type: "lines", help: "Prompts sampled during training, one per line (up to 8); empty: the instance prompt and three new contexts." },
+    { name: "validation_steps", type: "int", min: 1, max: 20000, optional: true, help: "Sample, and keep the weights, every N steps; empty: about five points." },
     { name: "num_validation_images", type: "int", min: 1, max: 8, help: "Images per prompt." },
-    { name: "validation_inference_steps", type: "int", min: 1, max: 500, help: "DDIM steps per sample; about 100 rescues overfit models." },
+    { name: "validation_scheduler", type: "select", options: SAMPLERS, help: "Sampler for the samples; the study: DDIM." },
+    { name: "validation_inference_steps", type: "int", min: 1, max: 500, help: "Sampling steps per sample; DDIM at about 100 rescues overfit models." },
     { name: "guidance_scale", type: "float", help: "How closely samples follow the prompt (0 to 30)." },
   ] },
 ];
@@ -255,17 +270,15 @@ class BlobCache {
     return this.urls.get(url);
   }
 
-  keepOnly(urls) {
-    for (const url of [...this.urls.keys()]) if (!urls.has(url)) this.revoke(url);
-  }
-
   revoke(url) {
-    this.urls.get(url).then(URL.revokeObjectURL, () => {});
+    const objectUrl = this.urls.get(url);
+    if (!objectUrl) return;
+    objectUrl.then(URL.revokeObjectURL, () => {});
     this.urls.delete(url);
   }
 
   clear() {
-    this.keepOnly(new Set());
+    for (const url of [...this.urls.keys()]) this.revoke(url);
   }
 }
 
@@ -396,6 +409,7 @@ function showNewJob(current) {
   const photos = new PhotoSet(slot, current);
   buildAdvancedFields(slot.advancedFields);
   buildPresetCards(slot.presets, slot.form);
+  slot.form.training_method.addEventListener("change", () => showAdvancedGroups(slot.form));
   applyPreset(slot.form, "object");
   slot.form.resolution.addEventListener("input", () => photos.render());
   slot.form.addEventListener("submit", (event) => {
@@ -427,6 +441,7 @@ function applyPreset(form, name) {
   }
   form.class_prompt.value = values.class_prompt || "";
   for (const field of ADVANCED.flatMap((group) => group.fields)) writeField(form.elements[field.name], field, values[field.name]);
+  showAdvancedGroups(form);
   form.resolution.dispatchEvent(new Event("input"));
 }
 
@@ -434,25 +449,35 @@ function buildAdvancedFields(container) {
   for (const group of ADVANCED) {
     const fieldset = document.createElement("fieldset");
     fieldset.className = "field-group";
-    fieldset.append(element("legend", group.legend), ...group.fields.map(buildField));
+    fieldset.dataset.group = group.legend;
+    fieldset.append(element("legend", group.legend), ...group.fields.map((field) => buildField(field)));
     container.append(fieldset);
   }
 }
 
-function buildField(field) {
+/** Show the groups that apply (LoRA's only for training_method lora); hidden ones are not sent. */
+function showAdvancedGroups(form) {
+  for (const group of ADVANCED.filter((candidate) => candidate.when)) {
+    form.querySelector(`[data-group="${group.legend}"]`).hidden = !group.when(form);
+  }
+}
+
+/** A labelled control with its help line and error slot; ids `f-name` (the new job) or `g-name` (generate). */
+function buildField(field, prefix = "f-", fieldPrefix = "settings.") {
   const wrapper = document.createElement("div");
   wrapper.className = field.type === "bool" ? "field check" : "field";
-  wrapper.dataset.field = `settings.${field.name}`;
+  wrapper.dataset.field = `${fieldPrefix}${field.name}`;
   const control = buildControl(field);
-  control.id = `f-${field.name}`;
+  control.id = `${prefix}${field.name}`;
   control.name = field.name;
-  control.setAttribute("aria-describedby", `help-${field.name}`);
-  const label = element("label", field.name, "code-label");
+  const key = control.id.replace(/^f-/, "");
+  control.setAttribute("aria-describedby", `help-${key}`);
+  const label = element("label", field.label || field.name, field.label ? "" : "code-label");
   label.htmlFor = control.id;
   const help = element("p", field.help, "help");
-  help.id = `help-${field.name}`;
+  help.id = `help-${key}`;
   const error = element("p", "", "field-error");
-  error.id = `err-${field.name}`;
+  error.id = `err-${key}`;
   error.hidden = true;
   wrapper.append(...(field.type === "bool" ? [control, label] : [label, control]), help, error);
   return wrapper;
@@ -471,7 +496,8 @@ function buildControl(field) {
     return textarea;
   }
   const input = document.createElement("input");
-  input.type = { bool: "checkbox", int: "number", float: "text" }[field.type];
+  input.type = { bool: "checkbox", int: "number", float: "text", text: "text" }[field.type];
+  if (field.type === "text") input.maxLength = 500;
   if (field.type === "float") input.inputMode = "decimal";
   if (field.type === "int") Object.assign(input, { min: field.min, max: field.max, step: field.step || 1 });
   return input;
@@ -495,6 +521,7 @@ function readField(control, field) {
   if (field.type === "lines") return control.value.split("\n").map((line) => line.trim()).filter(Boolean);
   const text = control.value.trim();
   if (text === "") return field.optional ? null : text;
+  if (field.type === "text") return text;
   const number = Number(text);
   // note: a value that is not a number goes as typed, so that the API names the field.
   return Number.isFinite(number) ? number : text;
@@ -506,7 +533,7 @@ function readSettings(form) {
     instance_prompt: form.instance_prompt.value,
   };
   if (form.class_prompt.value.trim()) settings.class_prompt = form.class_prompt.value;
-  for (const field of ADVANCED.flatMap((group) => group.fields)) {
+  for (const field of ADVANCED.filter((group) => !group.when || group.when(form)).flatMap((group) => group.fields)) {
     const value = readField(form.elements[field.name], field);
     if (value !== null) settings[field.name] = value;
   }
@@ -786,12 +813,17 @@ function showNotFound() {
 }
 
 function mountJobPage(job, current) {
-  const page = { ...mountView("tpl-job"), current, losses: [], samplesKey: null, downloadsKey: null, lastAnnounced: "" };
+  const page = {
+    ...mountView("tpl-job"), current, job, live: [], lastAnnounced: "",
+    samplesKey: null, sampleUrls: new Set(), scoresKey: null, downloadsKey: null,
+    step: null, stepChosen: false, slider: null, sampleTable: null, downloadParts: null,
+    generations: new Map(),
+  };
   markNav("jobs");
   page.title.textContent = job.settings.instance_prompt;
   page.cancel.addEventListener("click", () => cancelJob(page));
   page.delete.addEventListener("click", () => deleteJob(page));
-  page.job = job;
+  page.recommendationShow.addEventListener("click", () => chooseStep(page, recommendedStep(page.job)));
   return page;
 }
 
@@ -804,15 +836,20 @@ function renderJob(page, job) {
   page.progressText.textContent = progressText(job);
   announce(page, job);
   renderFailure(page, job);
-  recordLoss(page, job);
-  renderLossChart(page.chart, page.losses, job);
+  settleStep(page, job);
+  renderRecommendation(page, job);
+  renderLossChart(page.chart, lossPoints(page, job), job);
   renderSamples(page, job);
+  renderScores(page, job);
   renderDownloads(page, job);
+  renderGenerate(page, job);
+  showStep(page);
   page.cancel.hidden = TERMINAL.has(job.status) || job.cancel_requested;
 }
 
 function jobMeta(job) {
   const parts = [`Submitted ${formatTime(job.created_at)}`, `${job.photo_count} photos`, `preset ${job.settings.preset}`, job.settings.base_model];
+  if (job.settings.training_method === "lora") parts.push(job.settings.lora_rank ? `LoRA rank ${job.settings.lora_rank}` : "LoRA");
   if (job.finished_at) parts.push(`finished ${formatTime(job.finished_at)}`);
   return parts.join(" · ");
 }
@@ -873,43 +910,186 @@ async function readEvents(url, signal, onData) {
   }
 }
 
+// ── job page: the chosen step ─────────────────────────────────────────────────────────────────
+// One training step is chosen at a time: the samples slider, the downloads and the generate form
+// all follow it. It starts at the recommended step (else the last kept one) until the user picks.
+
+function sampleArtifacts(job) {
+  return job.artifacts.filter((artifact) => artifact.kind === "sample");
+}
+
+/** Steps whose weights can be downloaded and generated from. */
+function keptSteps(job) {
+  if (job.kept_steps && job.kept_steps.length) return [...job.kept_steps].sort((a, b) => a - b);
+  const checkpoints = job.artifacts.filter((artifact) => artifact.kind === "checkpoint");
+  return [...new Set(checkpoints.map((artifact) => artifact.step))].sort((a, b) => a - b);
+}
+
+/** Every step the page can show: those with samples and those with kept weights. */
+function jobSteps(job) {
+  return [...new Set([...sampleArtifacts(job).map((sample) => sample.step), ...keptSteps(job)])].sort((a, b) => a - b);
+}
+
+function recommendedStep(job) {
+  const step = job.evaluation ? job.evaluation.recommended_step : null;
+  return step === undefined ? null : step;
+}
+
+function defaultStep(job) {
+  const recommended = recommendedStep(job);
+  if (recommended !== null && jobSteps(job).includes(recommended)) return recommended;
+  const steps = keptSteps(job).length ? keptSteps(job) : jobSteps(job);
+  return steps.length ? steps[steps.length - 1] : null;
+}
+
+function settleStep(page, job) {
+  if (page.stepChosen && jobSteps(job).includes(page.step)) return;
+  page.stepChosen = false;
+  page.step = defaultStep(job);
+}
+
+function chooseStep(page, step, { scroll = false } = {}) {
+  if (step === null || !jobSteps(page.job).includes(step)) return;
+  page.step = step;
+  page.stepChosen = true;
+  showStep(page, { scroll });
+}
+
+function stepText(page, step) {
+  return `Step ${step}${step === recommendedStep(page.job) ? " (recommended)" : ""}`;
+}
+
+/** Bring every part of the page that follows the chosen step up to date. */
+function showStep(page, { scroll = false } = {}) {
+  if (page.step === null) return;
+  if (page.slider) {
+    const { input, output, steps } = page.slider;
+    input.value = Math.max(0, steps.indexOf(page.step));
+    output.textContent = stepText(page, page.step);
+    input.setAttribute("aria-valuetext", stepText(page, page.step));
+  }
+  if (page.sampleTable) highlightStep(page.sampleTable, page.step, scroll);
+  page.recommendationShow.hidden = page.step === recommendedStep(page.job);
+  showDownloadStep(page);
+  showGenerateStep(page);
+}
+
+// ── job page: recommendation and scores ───────────────────────────────────────────────────────
+
+function renderRecommendation(page, job) {
+  const step = recommendedStep(job);
+  page.recommendation.hidden = step === null;
+  if (step === null) return;
+  const { reason, recommended_is_final: isFinal } = job.evaluation;
+  page.recommendationTitle.textContent = `Recommended: step ${step}`;
+  page.recommendationReason.textContent = reason || "";
+  const last = Math.max(...jobSteps(job), job.progress.total_steps || 0);
+  page.recommendationNote.textContent = isFinal
+    ? "It is the last step of training."
+    : `That is earlier than the last step (${last}), so it is preselected below for the samples, the downloads and new images: Dreambooth overfits fast, and later is not always better.`;
+  page.recommendationShow.textContent = `Choose step ${step}`;
+}
+
+const SCORE_COLUMNS = [
+  ["subject_fidelity", "Subject fidelity"],
+  ["prompt_fidelity", "Prompt fidelity"],
+  ["memorisation", "Memorisation"],
+  ["score", "Score"],
+];
+
+/** The evaluation's per-step scores as a table; the recommended row is marked in words, not only colour. */
+function renderScores(page, job) {
+  const evaluation = job.evaluation;
+  const key = evaluation ? JSON.stringify([evaluation.steps, evaluation.recommended_step]) : "";
+  if (key === page.scoresKey) return;
+  page.scoresKey = key;
+  if (!evaluation || !evaluation.steps || !evaluation.steps.length) {
+    page.scores.replaceChildren();
+    return;
+  }
+  const table = document.createElement("table");
+  table.className = "scores-table";
+  table.append(element("caption", `Sample scores by training step, scored with ${evaluation.scorer}`, "visually-hidden"));
+  const head = document.createElement("tr");
+  head.append(...["Step", ...SCORE_COLUMNS.map(([, title]) => title)].map((title) => Object.assign(element("th", title), { scope: "col" })));
+  const body = document.createElement("tbody");
+  for (const row of evaluation.steps) {
+    const recommended = row.step === evaluation.recommended_step;
+    const tr = document.createElement("tr");
+    const heading = Object.assign(element("th", `Step ${row.step}`), { scope: "row" });
+    if (recommended) {
+      tr.className = "recommended";
+      heading.append(" ", element("span", "recommended", "tag"));
+    }
+    tr.append(heading, ...SCORE_COLUMNS.map(([name]) => element("td", formatScore(name, row[name]))));
+    body.append(tr);
+  }
+  const thead = document.createElement("thead");
+  thead.append(head);
+  table.append(thead, body);
+  const scroller = Object.assign(document.createElement("div"), { className: "table-scroller" });
+  scroller.append(table);
+  page.scores.replaceChildren(
+    element("h3", "Scores by step"),
+    element("p", `From ${evaluation.scorer}, each 0 to 1. Subject fidelity: the samples look like your photos. Prompt fidelity: samples in new contexts follow their prompts. Memorisation: the share of samples that copy a training photo (lower is better). Score balances the three.`, "help"),
+    scroller,
+  );
+}
+
+function formatScore(name, value) {
+  if (typeof value !== "number") return "–";
+  return name === "memorisation" ? `${Math.round(value * 100)} %` : value.toFixed(2);
+}
+
 // ── job page: loss chart ──────────────────────────────────────────────────────────────────────
 
 const SVG = "http://www.w3.org/2000/svg";
 const CHART = { width: 320, height: 100, pad: 6 };
 
-function recordLoss(page, job) {
+/** The server's loss history, then the live losses reported since its last point. */
+function lossPoints(page, job) {
+  const history = (job.loss_history || []).map(([step, loss]) => ({ step, loss }));
+  const lastKept = history.length ? history[history.length - 1].step : 0;
+  page.live = page.live.filter((point) => point.step > lastKept);
   const { step, loss } = job.progress;
-  const last = page.losses[page.losses.length - 1];
-  if (loss === null || step === 0 || (last && step <= last.step)) return;
-  page.losses.push({ step, loss });
+  const lastLive = page.live[page.live.length - 1];
+  if (loss !== null && step > lastKept && (!lastLive || step > lastLive.step)) page.live.push({ step, loss });
+  return [...history, ...page.live];
 }
 
 function renderLossChart(container, points, job) {
   if (points.length < 2) {
-    const text = TERMINAL.has(job.status)
-      ? "The loss curve is drawn while you watch a job train; the server keeps only the latest loss."
-      : "The loss curve appears here as training reports it.";
+    const text = TERMINAL.has(job.status) ? "This job recorded no loss curve." : "The loss curve appears here as training reports it.";
     container.replaceChildren(element("p", text, "muted"));
     return;
   }
   const svg = svgNode("svg", { viewBox: `0 0 ${CHART.width} ${CHART.height}`, role: "img", class: "loss-chart" });
   const latest = points[points.length - 1];
-  svg.append(svgNode("title", {}, `Training loss over ${points.length} reports, latest ${latest.loss.toFixed(4)} at step ${latest.step}`));
-  svg.append(svgNode("polyline", { points: chartPoints(points, job.progress.total_steps), class: "loss-line" }));
+  const lastStep = Math.max(job.progress.total_steps, latest.step, 1);
+  const recommended = recommendedStep(job);
+  const marker = recommended !== null ? `; step ${recommended} is recommended` : "";
+  svg.append(svgNode("title", {}, `Training loss at ${points.length} points up to step ${latest.step}, latest ${latest.loss.toFixed(4)}${marker}`));
+  if (recommended !== null) {
+    const x = chartX(recommended, lastStep).toFixed(1);
+    svg.append(svgNode("line", { x1: x, x2: x, y1: 0, y2: CHART.height, class: "chart-marker" }));
+  }
+  svg.append(svgNode("polyline", { points: chartPoints(points, lastStep), class: "loss-line" }));
   const [low, high] = lossRange(points);
-  container.replaceChildren(svg, element("p", `loss ${low.toFixed(3)} – ${high.toFixed(3)} · latest ${latest.loss.toFixed(4)} at step ${latest.step}`, "muted chart-caption"));
+  const caption = `loss ${low.toFixed(3)} – ${high.toFixed(3)} · latest ${latest.loss.toFixed(4)} at step ${latest.step}${recommended !== null ? ` · dashed line: recommended step ${recommended}` : ""}`;
+  container.replaceChildren(svg, element("p", caption, "muted chart-caption"));
 }
 
-function chartPoints(points, totalSteps) {
+function chartX(step, lastStep) {
+  return CHART.pad + (step / lastStep) * (CHART.width - 2 * CHART.pad);
+}
+
+function chartPoints(points, lastStep) {
   const [low, high] = lossRange(points);
-  const lastStep = Math.max(totalSteps, points[points.length - 1].step, 1);
-  const { width, height, pad } = CHART;
+  const { height, pad } = CHART;
   return points
     .map(({ step, loss }) => {
-      const x = pad + ((step / lastStep) * (width - 2 * pad));
       const y = pad + ((high - loss) / (high - low || 1)) * (height - 2 * pad);
-      return `${x.toFixed(1)},${y.toFixed(1)}`;
+      return `${chartX(step, lastStep).toFixed(1)},${y.toFixed(1)}`;
     })
     .join(" ");
 }
@@ -928,39 +1108,47 @@ function svgNode(tag, attributes, text = "") {
 
 // ── job page: samples ─────────────────────────────────────────────────────────────────────────
 
-/** A grid of prompts (rows) by training step (columns); more steps just add columns. */
+/** A grid of prompts (rows) by training step (columns), and the slider that chooses the step. */
 function renderSamples(page, job) {
-  const samples = job.artifacts.filter((artifact) => artifact.kind === "sample");
-  const key = samples.map((sample) => sample.id).join(",") || job.status;
+  const samples = sampleArtifacts(job);
+  const steps = jobSteps(job);
+  const key = [samples.map((sample) => sample.id).join(","), steps.join(","), recommendedStep(job), job.status].join("|");
   if (key === page.samplesKey) return;
   page.samplesKey = key;
-  page.current.blobs.keepOnly(new Set(samples.map((sample) => sample.url)));
-  if (!samples.length) {
-    const text = job.status === "succeeded" ? "This job made no samples." : "Samples appear here once training has made them.";
-    page.samples.replaceChildren(element("p", text, "muted"));
-    return;
+  const urls = new Set(samples.map((sample) => sample.url));
+  for (const url of page.sampleUrls) if (!urls.has(url)) page.current.blobs.revoke(url);
+  page.sampleUrls = urls;
+  const sliderFocused = page.slider && document.activeElement === page.slider.input;
+  page.slider = steps.length > 1 ? stepSlider(page, steps) : null;
+  page.sampleTable = null;
+  const parts = page.slider ? [page.slider.wrapper] : [];
+  if (samples.length) {
+    const sampleSteps = [...new Set(samples.map((sample) => sample.step))].sort((a, b) => a - b);
+    const prompts = [...new Set(samples.map((sample) => sample.prompt || ""))];
+    page.sampleTable = sampleTable(samples, sampleSteps, prompts, recommendedStep(job), page.current);
+    const scroller = Object.assign(document.createElement("div"), { className: "sample-scroller" });
+    scroller.append(page.sampleTable);
+    parts.push(scroller);
+  } else {
+    const text = job.status === "succeeded" ? "This job made no samples." : "Samples appear here as training makes them.";
+    parts.push(element("p", text, "muted"));
   }
-  const steps = [...new Set(samples.map((sample) => sample.step))].sort((a, b) => a - b);
-  const prompts = [...new Set(samples.map((sample) => sample.prompt || ""))];
-  const table = sampleTable(samples, steps, prompts, page.current);
-  const scroller = document.createElement("div");
-  scroller.className = "sample-scroller";
-  scroller.append(table);
-  page.samples.replaceChildren(...(steps.length > 1 ? [stepSlider(steps, table), scroller] : [scroller]));
+  page.samples.replaceChildren(...parts);
+  if (sliderFocused && page.slider) page.slider.input.focus();
 }
 
-function sampleTable(samples, steps, prompts, current) {
+function sampleTable(samples, steps, prompts, recommended, current) {
   const table = document.createElement("table");
   table.className = "sample-grid";
   table.append(element("caption", "Samples by prompt and training step", "visually-hidden"));
   const head = document.createElement("tr");
-  head.append(element("th", "Prompt"), ...steps.map((step) => columnHeader(step)));
+  head.append(element("th", "Prompt"), ...steps.map((step) => columnHeader(step, step === recommended)));
   const body = document.createElement("tbody");
   for (const prompt of prompts) {
     const row = document.createElement("tr");
     const heading = element("th", prompt);
     heading.scope = "row";
-    row.append(heading, ...steps.map((step) => sampleCell(samples, prompt, step, current)));
+    row.append(heading, ...steps.map((step) => sampleCell(samples, prompt, step, step === recommended, current)));
     body.append(row);
   }
   const thead = document.createElement("thead");
@@ -969,16 +1157,21 @@ function sampleTable(samples, steps, prompts, current) {
   return table;
 }
 
-function columnHeader(step) {
+function columnHeader(step, recommended) {
   const header = element("th", `Step ${step}`);
   header.scope = "col";
   header.dataset.step = step;
+  if (recommended) {
+    header.classList.add("recommended");
+    header.append(" ", element("span", "recommended", "tag"));
+  }
   return header;
 }
 
-function sampleCell(samples, prompt, step, current) {
+function sampleCell(samples, prompt, step, recommended, current) {
   const cell = document.createElement("td");
   cell.dataset.step = step;
+  if (recommended) cell.classList.add("recommended");
   for (const sample of samples.filter((s) => (s.prompt || "") === prompt && s.step === step)) {
     const img = document.createElement("img");
     img.alt = `Sample at step ${step}: ${prompt}${sample.seed !== null ? ` (seed ${sample.seed})` : ""}`;
@@ -990,78 +1183,115 @@ function sampleCell(samples, prompt, step, current) {
   return cell;
 }
 
-function stepSlider(steps, table) {
-  const wrapper = document.createElement("div");
-  wrapper.className = "step-slider";
-  const input = Object.assign(document.createElement("input"), { type: "range", min: 0, max: steps.length - 1, value: steps.length - 1, id: "step-slider" });
+function stepSlider(page, steps) {
+  const wrapper = Object.assign(document.createElement("div"), { className: "step-slider" });
+  const input = Object.assign(document.createElement("input"), { type: "range", min: 0, max: steps.length - 1, id: "step-slider" });
+  input.setAttribute("aria-describedby", "step-slider-help");
   const label = element("label", "Training step");
   label.htmlFor = input.id;
-  const output = element("output", `Step ${steps[steps.length - 1]}`);
+  const output = element("output");
   output.htmlFor = input.id;
-  const select = () => {
-    const step = steps[Number(input.value)];
-    output.textContent = `Step ${step}`;
-    input.setAttribute("aria-valuetext", `Step ${step}`);
-    highlightStep(table, step);
-  };
-  input.addEventListener("input", select);
-  wrapper.append(label, input, output);
-  select();
-  return wrapper;
+  const help = element("p", "Choose the step to compare, download and generate from: Dreambooth overfits fast, so an earlier step is often better.", "help");
+  help.id = "step-slider-help";
+  input.addEventListener("input", () => chooseStep(page, steps[Number(input.value)], { scroll: true }));
+  wrapper.append(label, input, output, help);
+  return { wrapper, input, output, steps };
 }
 
-function highlightStep(table, step) {
+function highlightStep(table, step, scroll) {
   for (const cell of table.querySelectorAll("[data-step]")) cell.classList.toggle("selected", Number(cell.dataset.step) === step);
   const header = table.querySelector(`th[data-step="${step}"]`);
-  if (header) header.scrollIntoView({ block: "nearest", inline: "nearest" });
+  if (header && scroll) header.scrollIntoView({ block: "nearest", inline: "nearest" });
 }
 
-// ── job page: downloads, cancel, delete ───────────────────────────────────────────────────────
+// ── job page: downloads ───────────────────────────────────────────────────────────────────────
+
+const DOWNLOADS = [
+  { title: "Single file", help: "One .safetensors file in the original Stable Diffusion layout: it loads in diffusers, AUTOMATIC1111 and ComfyUI.",
+    options: [{ format: "single", dtype: "fp16", text: "fp16" }, { format: "single", dtype: "fp32", text: "fp32" }] },
+  { title: "Diffusers zip", help: "The pipeline folder for diffusers' from_pretrained, with DDIM as its scheduler; built on the first download.",
+    options: [{ format: "diffusers", dtype: "fp16", text: "fp16" }, { format: "diffusers", dtype: "fp32", text: "fp32" }] },
+  { title: "LoRA", lora: true, help: "The small adapters alone, to load over the base model: diffusers' load_lora_weights, or the kohya format for AUTOMATIC1111 and ComfyUI.",
+    options: [{ format: "lora", dtype: "fp16", text: "diffusers", name: "LoRA (diffusers)" },
+      { format: "lora_kohya", dtype: "fp16", text: "kohya / A1111 / ComfyUI", name: "LoRA (kohya / A1111 / ComfyUI)" }] },
+];
 
 function renderDownloads(page, job) {
-  const checkpoints = job.artifacts.filter((artifact) => artifact.kind === "checkpoint");
-  const key = checkpoints.map((checkpoint) => checkpoint.id).join(",") || job.status;
+  const kept = keptSteps(job);
+  const lora = job.settings.training_method === "lora";
+  const key = [job.status, kept.join(","), lora].join("|");
   if (key === page.downloadsKey) return;
   page.downloadsKey = key;
-  if (!checkpoints.length) {
-    const text = job.status === "succeeded" ? "This job kept no checkpoint." : "The .safetensors checkpoint can be downloaded once the job has succeeded.";
+  page.downloadParts = null;
+  if (job.status !== "succeeded" || !kept.length) {
+    const text = job.status === "succeeded" ? "This job kept no checkpoint." : "The checkpoint can be downloaded once the job has succeeded.";
     page.downloads.replaceChildren(element("p", text, "muted"));
     return;
   }
-  const list = document.createElement("ul");
-  list.className = "downloads";
-  list.append(...checkpoints.sort((a, b) => b.step - a.step || a.dtype.localeCompare(b.dtype)).map((checkpoint) => downloadItem(checkpoint, page.current)));
-  const hint = element("p", "One .safetensors file in the original Stable Diffusion layout: it loads in diffusers, AUTOMATIC1111 and ComfyUI.", "help");
-  page.downloads.replaceChildren(list, hint);
-}
-
-function downloadItem(checkpoint, current) {
-  const item = document.createElement("li");
-  const button = element("button", `Download ${checkpoint.dtype}`, "button-primary");
-  button.type = "button";
-  button.dataset.dtype = checkpoint.dtype;
-  const detail = element("span", `${formatBytes(checkpoint.size_bytes)} · step ${checkpoint.step} · ${checkpoint.format || "single"}`, "muted");
-  const bar = Object.assign(document.createElement("progress"), { max: 1, value: 0, hidden: true });
-  bar.setAttribute("aria-label", `Downloading ${checkpoint.dtype}`);
-  button.addEventListener("click", () => downloadCheckpoint(checkpoint, button, bar, current.controller.signal));
-  item.append(button, detail, bar);
-  return item;
-}
-
-/** Fetch the checkpoint with the token, showing progress, then save it from an object URL. */
-async function downloadCheckpoint(checkpoint, button, bar, signal) {
-  button.disabled = true;
-  bar.hidden = false;
-  try {
-    const response = await request(checkpoint.url, { signal });
-    const blob = await readWithProgress(response, checkpoint.size_bytes, (fraction) => { bar.value = fraction; });
-    saveBlob(blob, fileNameOf(response) || `dreambooth-step${checkpoint.step}-${checkpoint.dtype}.safetensors`);
-  } catch (error) {
-    if (!signal.aborted && error.status !== 401) alertError(button, error);
-  } finally {
-    button.disabled = false;
-    bar.hidden = true;
+  const heading = element("p", "", "download-step");
+  const missing = element("p", "", "help");
+  const list = Object.assign(document.createElement("ul"), { className: "downloads" });
+  const buttons = [];
+  for (const group of DOWNLOADS.filter((candidate) => lora || !candidate.lora)) {
+    const item = document.createElement("li");
+    const row = Object.assign(document.createElement("div"), { className: "download-buttons" });
+    row.append(element("span", group.title, "download-title"));
+    const bar = Object.assign(document.createElement("progress"), { max: 1, value: 0, hidden: true });
+    for (const option of group.options) {
+      const button = element("button", option.text, "button-primary");
+      button.type = "button";
+      button.setAttribute("aria-label", `Download ${option.name || `${group.title.toLowerCase()} ${option.text}`}`);
+      button.addEventListener("click", () => downloadWeights(page, option, button, bar));
+      buttons.push(button);
+      row.append(button);
+    }
+    item.append(row, element("p", group.help, "help"), bar);
+    list.append(item);
   }
+  page.downloadParts = { heading, missing, buttons };
+  page.downloads.replaceChildren(heading, missing, list);
+}
+
+function showDownloadStep(page) {
+  const parts = page.downloadParts;
+  if (!parts) return;
+  const kept = keptSteps(page.job).includes(page.step);
+  parts.heading.textContent = `Weights at ${stepText(page, page.step).toLowerCase()}`;
+  if (jobSteps(page.job).length > 1) parts.heading.append(element("span", " · choose another with the Training step slider under Samples", "muted"));
+  parts.missing.textContent = kept ? "" : `No weights were kept at step ${page.step}; kept steps: ${keptSteps(page.job).join(", ")}.`;
+  parts.missing.hidden = kept;
+  for (const button of parts.buttons) button.disabled = !kept || button.dataset.busy === "true";
+}
+
+/** Fetch a checkpoint of the chosen step with the token, showing progress, then save it from an object URL. */
+async function downloadWeights(page, option, button, bar) {
+  const { signal } = page.current.controller;
+  const step = page.step;
+  const url = `/api/jobs/${page.job.id}/checkpoint?format=${option.format}&dtype=${option.dtype}&step=${step}`;
+  for (const old of button.closest("li").querySelectorAll(".field-error")) old.remove();
+  button.disabled = true;
+  button.dataset.busy = "true";
+  bar.hidden = false;
+  bar.value = 0;
+  bar.setAttribute("aria-label", `${button.getAttribute("aria-label")} at step ${step}`);
+  try {
+    const response = await request(url, { signal });
+    const blob = await readWithProgress(response, knownSize(page.job, option, step), (fraction) => { bar.value = fraction; });
+    const extension = option.format === "diffusers" ? "zip" : "safetensors";
+    saveBlob(blob, fileNameOf(response) || `dreambooth-step${step}-${option.format}-${option.dtype}.${extension}`);
+  } catch (error) {
+    if (!signal.aborted && error.status !== 401) alertError(button.closest("li"), error);
+  } finally {
+    delete button.dataset.busy;
+    bar.hidden = true;
+    showDownloadStep(page);
+  }
+}
+
+function knownSize(job, option, step) {
+  const artifact = job.artifacts.find((candidate) => candidate.kind === "checkpoint" && (candidate.format || "single") === option.format
+    && candidate.dtype === option.dtype && candidate.step === step);
+  return artifact ? artifact.size_bytes : 0;
 }
 
 async function readWithProgress(response, expectedBytes, onProgress) {
@@ -1094,11 +1324,187 @@ function saveBlob(blob, fileName) {
   setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }
 
-function alertError(anchor, error) {
+function alertError(container, error) {
   const message = element("p", error.message, "field-error");
   message.setAttribute("role", "alert");
-  anchor.parentElement.append(message);
+  container.append(message);
 }
+
+// ── job page: generating images ───────────────────────────────────────────────────────────────
+
+const GENERATE = [
+  { name: "prompt", label: "Prompt", type: "text", help: "Name the subject as the instance prompt does, then put it anywhere." },
+  { name: "negative_prompt", label: "Negative prompt", type: "text", optional: true, help: "What the images should not show; may stay empty." },
+  { name: "scheduler", label: "Scheduler", type: "select", options: SAMPLERS, help: "DDIM at about 100 steps suits Dreambooth models: the study found it rescues overfit ones." },
+  { name: "num_inference_steps", label: "Inference steps", type: "int", min: 1, max: 500, help: "More steps turn noise into detail." },
+  { name: "guidance_scale", label: "Guidance scale", type: "float", help: "How closely the images follow the prompt (0 to 30)." },
+  { name: "seed", label: "Seed", type: "int", min: 0, max: 4294967295, optional: true, help: "Repeats an image; empty: a random one." },
+  { name: "num_images", label: "Images", type: "int", min: 1, max: 8, help: "How many, 1 to 8." },
+  { name: "step", label: "Weights from step", type: "select", options: [], help: "The chosen training step." },
+];
+
+function renderGenerate(page, job) {
+  page.generate.hidden = job.status !== "succeeded";
+  if (job.status !== "succeeded" || page.generateForm.dataset.built) return;
+  page.generateForm.dataset.built = "true";
+  page.generateFields.append(...GENERATE.map((field) => buildField(field, "g-", "")));
+  const form = page.generateForm;
+  const values = { prompt: job.settings.instance_prompt, scheduler: "ddim", num_inference_steps: 100, guidance_scale: 7.5, num_images: 4 };
+  for (const field of GENERATE) writeField(form.elements[field.name], field, values[field.name]);
+  form.elements.step.addEventListener("change", () => chooseStep(page, Number(form.elements.step.value)));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    submitGeneration(page);
+  });
+  loadGenerations(page);
+}
+
+/** The step select offers the kept steps and follows the chosen one. */
+function showGenerateStep(page) {
+  const select = page.generateForm.elements.step;
+  if (!select) return;
+  const kept = keptSteps(page.job);
+  const wanted = `${kept.join(",")}:${recommendedStep(page.job)}`;
+  if (select.dataset.options !== wanted) {
+    select.dataset.options = wanted;
+    const optionText = (step) => `${step}${step === recommendedStep(page.job) ? " (recommended)" : ""}`;
+    select.replaceChildren(...kept.map((step) => new Option(optionText(step), step)));
+  }
+  if (kept.includes(page.step)) select.value = page.step;
+}
+
+function readGeneration(form) {
+  const params = {};
+  for (const field of GENERATE) {
+    const value = readField(form.elements[field.name], field);
+    if (value !== null && value !== "") params[field.name] = value;
+  }
+  if (params.step !== undefined) params.step = Number(params.step);
+  return params;
+}
+
+async function submitGeneration(page) {
+  const form = page.generateForm;
+  const { signal } = page.current.controller;
+  clearErrors(form, page.generateError);
+  const params = readGeneration(form);
+  if (!params.prompt) return showFieldError(form, page.generateError, "prompt", "Write a prompt first.");
+  page.generateSubmit.disabled = true;
+  try {
+    const generation = await api(`/api/jobs/${page.job.id}/generations`, {
+      method: "POST", signal, headers: { "Content-Type": "application/json" }, body: JSON.stringify(params),
+    });
+    page.generateStatus.textContent = `Queued ${countImages(params.num_images)} for “${params.prompt}”.`;
+    trackGeneration(page, generation, { announce: true });
+  } catch (error) {
+    if (signal.aborted || error.status === 401) return;
+    if (error.status === 409) {
+      return showFieldError(form, page.generateError, null, `Not ready to generate: ${error.message}`);
+    }
+    // note: the API names body fields as "prompt"; other servers as "body.prompt".
+    showFieldError(form, page.generateError, error.field && error.field.replace(/^body\./, ""), error.message);
+  } finally {
+    page.generateSubmit.disabled = false;
+  }
+}
+
+function countImages(count) {
+  return `${count || 1} image${count === 1 ? "" : "s"}`;
+}
+
+/** Earlier generations of this job, newest first (a list, or a page with items). */
+async function loadGenerations(page) {
+  const { signal } = page.current.controller;
+  let body;
+  try {
+    body = await api(`/api/jobs/${page.job.id}/generations`, { signal });
+  } catch (error) {
+    return; // note: an older server has no such list; the form works without it
+  }
+  const items = Array.isArray(body) ? body : (body && Array.isArray(body.items) ? body.items : []);
+  items.sort((a, b) => String(b.created_at).localeCompare(String(a.created_at)));
+  for (const generation of items.reverse()) trackGeneration(page, generation);
+}
+
+/** Show a generation at the top of the list (once) and poll it until it has succeeded or failed. */
+function trackGeneration(page, generation, { announce: speak = false } = {}) {
+  let entry = page.generations.get(generation.id);
+  if (!entry) {
+    entry = cloneTemplate("tpl-generation");
+    page.generations.set(generation.id, entry);
+    page.generationList.prepend(entry.element);
+    page.generationsEmpty.hidden = true;
+  }
+  renderGeneration(entry, generation, page.current);
+  if (!GENERATION_DONE.has(generation.status) && !entry.polled) {
+    entry.polled = true;
+    pollGeneration(page, entry, generation, speak);
+  }
+}
+
+async function pollGeneration(page, entry, generation, speak) {
+  const { signal } = page.current.controller;
+  let current = generation;
+  while (!GENERATION_DONE.has(current.status)) {
+    try {
+      await sleep(GENERATION_POLL_MS, signal);
+      current = await api(`/api/generations/${current.id}`, { signal });
+    } catch (error) {
+      if (signal.aborted || error.status === 401) return;
+      if (error.status === 404) current = { ...current, status: "failed", error: { code: "not_found", message: "This generation is gone." } };
+      continue;
+    }
+    renderGeneration(entry, current, page.current);
+  }
+  if (!speak) return;
+  page.generateStatus.textContent = current.status === "succeeded"
+    ? `${countImages((current.images || []).length)} ready for “${current.params.prompt}”.`
+    : `Generating failed: ${current.error ? current.error.message : "no reason given"}`;
+}
+
+function renderGeneration(entry, generation, current) {
+  const params = generation.params || {};
+  entry.prompt.textContent = params.prompt || "";
+  setBadge(entry.status, generation.status);
+  const details = [params.scheduler, params.num_inference_steps && `${params.num_inference_steps} steps`,
+    params.guidance_scale !== undefined && `guidance ${params.guidance_scale}`, params.step !== undefined && params.step !== null && `step ${params.step}`,
+    params.negative_prompt && `not: ${params.negative_prompt}`, generation.created_at && formatTime(generation.created_at)];
+  entry.details.textContent = details.filter(Boolean).join(" · ");
+  const failed = generation.status === "failed";
+  entry.error.hidden = !failed;
+  entry.error.textContent = failed && generation.error ? generation.error.message : failed ? "Generating failed." : "";
+  const images = generation.images || [];
+  const key = images.map((image) => image.url).join(",");
+  if (entry.images.dataset.key === key) return;
+  entry.images.dataset.key = key;
+  entry.images.replaceChildren(...images.map((image, index) => generatedImage(image, index, params.prompt || "", current)));
+}
+
+function generatedImage(image, index, prompt, current) {
+  const item = document.createElement("li");
+  const figure = document.createElement("figure");
+  const img = document.createElement("img");
+  const seed = image.seed !== undefined && image.seed !== null ? `seed ${image.seed}` : `image ${index + 1}`;
+  img.alt = `Generated: ${prompt} (${seed})`;
+  img.width = 256;
+  img.height = 256;
+  const save = element("a", "Save");
+  save.hidden = true;
+  save.download = `generated-${image.seed ?? index + 1}.png`;
+  save.setAttribute("aria-label", `Save image, ${seed}`);
+  current.blobs.get(image.url, current.controller.signal).then((objectUrl) => {
+    img.src = objectUrl;
+    save.href = objectUrl;
+    save.hidden = false;
+  }, () => { img.alt = `${img.alt} (could not be loaded)`; });
+  const caption = document.createElement("figcaption");
+  caption.append(element("span", seed), save);
+  figure.append(img, caption);
+  item.append(figure);
+  return item;
+}
+
+// ── job page: cancel, delete ──────────────────────────────────────────────────────────────────
 
 async function cancelJob(page) {
   const ok = await confirmAction("Cancel this job? A running job stops at its next training step.", "Cancel job");
@@ -1106,18 +1512,18 @@ async function cancelJob(page) {
   try {
     renderJob(page, await api(`/api/jobs/${page.job.id}/cancel`, { method: "POST" }));
   } catch (error) {
-    if (error.status !== 401) alertError(page.cancel, error);
+    if (error.status !== 401) alertError(page.cancel.parentElement, error);
   }
 }
 
 async function deleteJob(page) {
-  const ok = await confirmAction("Delete this job and every file it owns: photos, samples and checkpoints? This cannot be undone.", "Delete job");
+  const ok = await confirmAction("Delete this job and every file it owns: photos, samples, checkpoints and generated images? This cannot be undone.", "Delete job");
   if (!ok) return;
   try {
     await api(`/api/jobs/${page.job.id}`, { method: "DELETE" });
     go("#/");
   } catch (error) {
-    if (error.status !== 401) alertError(page.delete, error);
+    if (error.status !== 401) alertError(page.delete.parentElement, error);
   }
 }
 
