@@ -109,7 +109,7 @@ def checkpoint_download(job: Job, checkpoint_format: Format, dtype: Dtype, step:
             "this job was trained without LoRA; download format=single (one .safetensors file) "
             "or format=diffusers (a zip of the pipeline folder) instead"
         )
-    kept = kept_steps(job)
+    kept = downloadable_steps(job)
     if not kept:
         raise NotFound("this job kept no checkpoint")
     if step is not None and step not in kept:
@@ -129,7 +129,8 @@ def checkpoint_download(job: Job, checkpoint_format: Format, dtype: Dtype, step:
     return _diffusers_zip(job, dtype, step, stem, exports)
 
 
-def kept_steps(job: Job) -> list[int]:
+def downloadable_steps(job: Job) -> list[int]:
+    """Steps with weights or a checkpoint file to download."""
     return sorted({artifact.step for artifact in job.artifacts if artifact.kind in STEP_KINDS})
 
 

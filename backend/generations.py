@@ -16,7 +16,6 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from backend import jobs, storage
-from backend.api.job_view import kept_steps
 from backend.errors import Conflict, LimitExceeded, NotFound
 from backend.jobs import LeaseLost
 from backend.models import Generation, GenerationStatus, JobStatus, User, utcnow
@@ -67,7 +66,7 @@ def create_generation(session: Session, owner: User, job_id: uuid.UUID, params: 
     session.refresh(job)
     if job.status != JobStatus.succeeded:
         raise Conflict(NOT_READY[JobStatus(job.status)])
-    kept = kept_steps(job)
+    kept = jobs.kept_steps(job)
     if not kept:
         raise NotFound(f"job {job_id} kept no weights to generate from")
     step = kept[-1] if params.get("step") is None else params["step"]

@@ -292,6 +292,13 @@ def record_progress(
 
 # Artifacts a run makes while it trains (the rest come with finish_job).
 VALIDATION_KINDS = ("sample", "weights")
+# Artifacts that hold a step's whole weights: what ?step=N downloads and generations start from.
+WEIGHT_KINDS = ("pipeline", "weights")
+
+
+def kept_steps(job: Job) -> list[int]:
+    """The steps whose weights the job kept, ascending (the last is the final step once it succeeded)."""
+    return sorted({artifact.step for artifact in job.artifacts if artifact.kind in WEIGHT_KINDS})
 
 
 def record_validation(

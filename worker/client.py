@@ -293,6 +293,10 @@ def watch(client: StudioClient, args: argparse.Namespace) -> int:
         line.end()
     if job["status"] == "succeeded":
         print(f"succeeded: {job['id']} (download it with `dreambooth download {job['id']}`)")
+        evaluation = job.get("evaluation") or {}
+        if evaluation.get("recommended_step") is not None and not evaluation.get("recommended_is_final"):
+            step = evaluation["recommended_step"]
+            print(f"recommended step: {step}: {evaluation['reason']} (`dreambooth download {job['id']} --step {step}`)")
         return 0
     if job["status"] == "cancelled":
         print(f"cancelled: {job['id']} was cancelled before it finished", file=sys.stderr)

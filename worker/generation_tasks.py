@@ -17,10 +17,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from backend import generations, storage
-from backend.api.job_view import WEIGHT_KINDS
 from backend.db import get_sessionmaker
 from backend.generations import GenerationLease, generation_dir
-from backend.jobs import LeaseLost
+from backend.jobs import WEIGHT_KINDS, LeaseLost
 from backend.models import Generation, GenerationStatus, Job
 from backend.queue import GENERATE_TASK
 from backend.settings import get_settings

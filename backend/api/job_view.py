@@ -1,10 +1,8 @@
 """How a job looks to its owner: the `JobOut` built from the ORM row, with artifact URLs."""
 
+from backend.jobs import kept_steps
 from backend.models import Artifact, Job
 from backend.schemas import ArtifactOut, ErrorOut, Evaluation, JobOut, Progress
-
-# Artifacts that hold a step's whole weights: what ?step=N downloads and generations start from.
-WEIGHT_KINDS = ("pipeline", "weights")
 
 
 def job_out(job: Job) -> JobOut:
@@ -29,10 +27,6 @@ def job_out(job: Job) -> JobOut:
         kept_steps=kept_steps(job),
         evaluation=Evaluation.model_validate(job.evaluation) if job.evaluation else None,
     )
-
-
-def kept_steps(job: Job) -> list[int]:
-    return sorted({artifact.step for artifact in job.artifacts if artifact.kind in WEIGHT_KINDS})
 
 
 def _artifact_out(job: Job, artifact: Artifact) -> ArtifactOut:
