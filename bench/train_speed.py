@@ -126,6 +126,8 @@ def run_ours(args, settings: dict) -> dict:
         memory_profile="none",
         checkpointing_steps=None,
         max_train_steps=args.warmup + args.steps,
+        # note: no validation inside the timed steps (the reference samples none either)
+        validation_steps=10**6,
     )
     # note: stopping after the last timed step skips sampling and export, which are not being measured
     train(config, lambda p: clock.step() if p.phase == "training" else None, should_stop=lambda: clock.done)
@@ -230,7 +232,10 @@ def run_cache_hit(args) -> dict:
             cache_dir=work / "cache-e2e",
             with_prior_preservation=True,
             max_train_steps=args.e2e_steps,
-            num_inference_steps=25,
+            # note: one sample at the end, as before validation across the run existed
+            validation_steps=args.e2e_steps,
+            validation_prompts=(INSTANCE_PROMPT,),
+            validation_inference_steps=25,
             memory_profile="none",
             checkpointing_steps=None,
         )
