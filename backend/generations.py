@@ -214,30 +214,42 @@ def finish_generation(
 
 
 def end_abandoned_generations(session: Session) -> list[tuple[uuid.UUID, uuid.UUID]]:
-    """Fail stale generations that used up their attempts (`worker_lost`); returns their (job id, id)."""
+    """Fail stale generations that used up their attempts (`worker_lost`), and any still running past the time
+    limit (`timeout`: its worker may be alive but stuck, heartbeat and all); returns their (job id, id)."""
     settings = get_settings()
     now = utcnow()
     stale_before = now - timedelta(seconds=settings.heartbeat_stale_seconds)
-    ended = session.execute(
-        update(Generation)
-        .where(
-            Generation.status == GenerationStatus.running,
-            Generation.heartbeat_at < stale_before,
-            Generation.attempts >= settings.max_attempts,
-        )
-        .values(
-            status=GenerationStatus.failed,
-            error_code="worker_lost",
-            error_message=(
-                f"The worker rendering these images stopped responding {settings.max_attempts} times, so it "
-                "was given up. Try again, perhaps with fewer num_images or num_inference_steps."
-            ),
-            lease_token=None,
-            finished_at=now,
-        )
-        .returning(Generation.job_id, Generation.id)
-        .execution_options(synchronize_session=False)
-    ).all()
+    running = Generation.status == GenerationStatus.running
+    limit = settings.generation_time_limit_seconds
+    endings = [
+        (
+            running & (Generation.heartbeat_at < stale_before) & (Generation.attempts >= settings.max_attempts),
+            "worker_lost",
+            f"The worker rendering these images stopped responding {settings.max_attempts} times, so it "
+            "was given up. Try again, perhaps with fewer num_images or num_inference_steps.",
+        ),
+        (
+            running & (Generation.started_at < now - timedelta(seconds=limit)),
+            "timeout",
+            f"Rendering took longer than {limit // 60} minutes, so it was stopped. Try fewer num_images or "
+            "num_inference_steps.",
+        ),
+    ]
+    ended = []
+    for condition, code, message in endings:
+        ended += session.execute(
+            update(Generation)
+            .where(condition)
+            .values(
+                status=GenerationStatus.failed,
+                error_code=code,
+                error_message=message,
+                lease_token=None,
+                finished_at=now,
+            )
+            .returning(Generation.job_id, Generation.id)
+            .execution_options(synchronize_session=False)
+        ).all()
     session.commit()
     for _job_id, generation_id in ended:
         log.warning("generation %s ended by the reaper (its worker is gone)", generation_id)

@@ -110,3 +110,24 @@ def test_the_reaper_fails_a_stale_generation_at_the_attempt_limit(db, generation
     assert "stopped responding 3 times" in generation.error_message and generation.finished_at
     assert not partial.exists()
     assert woken_ids(broker) == []
+
+
+def test_the_reaper_fails_a_generation_running_past_the_time_limit_though_its_worker_beats(db, generation, broker):
+    lease = generations.claim_generation(db, generation.id)
+    set_times(db, generation, started_at=get_settings().generation_time_limit_seconds + 1)
+    generations.heartbeat(db, lease)  # note: alive but stuck: the heartbeat is fresh
+    reaper.sweep()
+    db.refresh(generation)
+    assert (generation.status, generation.error_code, generation.lease_token) == ("failed", "timeout", None)
+    assert "longer than 30 minutes" in generation.error_message
+    with pytest.raises(LeaseLost):
+        generations.finish_generation(db, lease, "succeeded", images=[])
+    assert woken_ids(broker) == []
+
+
+def test_a_generation_within_the_time_limit_is_left_alone(db, generation, broker):
+    generations.claim_generation(db, generation.id)
+    set_times(db, generation, started_at=get_settings().generation_time_limit_seconds - 60)
+    reaper.sweep()
+    db.refresh(generation)
+    assert generation.status == "running"
