@@ -6,9 +6,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from tests.e2e.stack import REPO, Stack, base_env, free_port
+from tests.e2e.stack import REPO, Stack, running_stack
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -23,19 +22,8 @@ PHONE = {"width": 390, "height": 844}
 @pytest.fixture(scope="module")
 def stack(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The API and one Celery worker on the test Postgres and Redis, in demo mode (builtin:tiny)."""
-    redis.Redis.from_url(redis_url).flushdb()
-    root = tmp_path_factory.mktemp("stack")
-    (root / "logs").mkdir()
-    port = free_port()
-    env = base_env(DATABASE_URL=database_url, BROKER_URL=redis_url, DATA_DIR=str(root / "data"), DEMO_MODE="true")
-    running = Stack(url=f"http://127.0.0.1:{port}", log_dir=root / "logs", env=env)
-    running.start_api(port)
-    running.start_worker()
-    try:
-        running.wait_ready()
+    with running_stack(database_url, redis_url, tmp_path_factory.mktemp("stack")) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="session")

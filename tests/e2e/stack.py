@@ -6,10 +6,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import redis
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,3 +133,24 @@ def base_env(**overrides: str) -> dict[str, str]:
     # note: one torch thread per process, or two workers on two cores slow each other tenfold.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **overrides}
     return env
+
+
+@contextmanager
+def running_stack(
+    database_url: str, redis_url: str, root: Path, workers: tuple[str, ...] = ("worker",)
+) -> Iterator[Stack]:
+    """The API and Celery workers on the test Postgres and an emptied Redis, in demo mode (builtin:tiny),
+    with their data and logs under `root`; stopped on exit."""
+    redis.Redis.from_url(redis_url).flushdb()
+    (root / "logs").mkdir(parents=True)
+    port = free_port()
+    env = base_env(DATABASE_URL=database_url, BROKER_URL=redis_url, DATA_DIR=str(root / "data"), DEMO_MODE="true")
+    stack = Stack(url=f"http://127.0.0.1:{port}", log_dir=root / "logs", env=env)
+    stack.start_api(port)
+    for name in workers:
+        stack.start_worker(name)
+    try:
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop()

@@ -11,14 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 from PIL import Image
 from sqlalchemy import select, text
 
 from backend.auth import create_user
 from backend.db import get_engine, get_sessionmaker
 from backend.models import Artifact, Base
-from tests.e2e.stack import FAST_SETTINGS, Client, Stack, base_env, free_port
+from tests.e2e.stack import FAST_SETTINGS, Client, Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -35,19 +34,8 @@ def stack(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
     tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
     with get_engine().begin() as connection:
         connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    redis.Redis.from_url(redis_url).flushdb()
-    root = tmp_path_factory.mktemp("generations")
-    (root / "logs").mkdir()
-    port = free_port()
-    env = base_env(DATABASE_URL=database_url, BROKER_URL=redis_url, DATA_DIR=str(root / "data"), DEMO_MODE="true")
-    running = Stack(url=f"http://127.0.0.1:{port}", log_dir=root / "logs", env=env)
-    running.start_api(port)
-    running.start_worker()
-    try:
-        running.wait_ready()
+    with running_stack(database_url, redis_url, tmp_path_factory.mktemp("generations")) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def user(stack: Stack, name: str) -> Client:

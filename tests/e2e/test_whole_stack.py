@@ -9,11 +9,18 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
 from backend.queue import GPU_QUEUE, TRAIN_TASK, make_celery
 from backend.settings import Settings
-from tests.e2e.stack import BIN, FAST_SETTINGS, Client, Stack, base_env, free_port
+from tests.e2e.stack import (
+    BIN,
+    FAST_SETTINGS,
+    Client,
+    Stack,
+    base_env,
+    free_port,
+    running_stack,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -29,21 +36,8 @@ def tiny_config_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def production_stack(database_url, redis_url, tmp_path, clean_db):
     """API + two workers on the test Postgres and Redis, like one machine of `docker compose up`."""
-    redis.Redis.from_url(redis_url).flushdb()
-    port = free_port()
-    env = base_env(
-        DATABASE_URL=database_url, BROKER_URL=redis_url, DATA_DIR=str(tmp_path / "data"), DEMO_MODE="true"
-    )
-    (tmp_path / "logs").mkdir()
-    stack = Stack(url=f"http://127.0.0.1:{port}", log_dir=tmp_path / "logs", env=env)
-    stack.start_api(port)
-    stack.start_worker("worker1")
-    stack.start_worker("worker2")
-    try:
-        stack.wait_ready()
+    with running_stack(database_url, redis_url, tmp_path, workers=("worker1", "worker2")) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def create_user(stack: Stack, name: str) -> str:
