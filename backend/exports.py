@@ -45,7 +45,6 @@ Dtype = Literal["fp16", "fp32"]
 
 LORA_FORMATS = ("lora", "lora_kohya")
 # A LoRA job's kept step: its weights folder holds one file per LoRA format.
-LORA_FILES = {"lora": "pytorch_lora_weights.safetensors", "lora_kohya": "kohya.safetensors"}
 # Artifacts that hold a step's weights: the steps a download may ask for.
 STEP_KINDS = ("checkpoint", "pipeline", "weights")
 COMPONENTS = ("unet", "vae", "text_encoder")  # what a single file holds
@@ -183,7 +182,7 @@ def _lora_file(job: Job, checkpoint_format: Format, dtype: Dtype, step: int, ste
     if source is not None:
         path = storage.resolve(source.path)
     elif (source := _find(job, "weights", step, "lora")) is not None:
-        path = storage.resolve(source.path) / LORA_FILES[checkpoint_format]
+        path = storage.resolve(source.path) / layout.LORA_FILES[checkpoint_format]
     else:
         raise NotFound(f"this job kept no LoRA weights at step {step}")
     filename = f"{stem}-{checkpoint_format.replace('_', '-')}.safetensors"

@@ -22,6 +22,10 @@ POSITION_EMBEDDING = TEXT_PREFIX + "embeddings.position_embedding.weight"
 # note: SD 1.x's original files carry the position-id buffer too (int64, shape (1, positions)); ours do as well
 POSITION_IDS = TEXT_PREFIX + "embeddings.position_ids"
 
+# A LoRA run's two files, in a LoRA job's output and in each kept step's folder (lora.py writes them):
+# diffusers' own layout (its default file name), and kohya's, which AUTOMATIC1111 and ComfyUI load.
+LORA_FILES = {"lora": "pytorch_lora_weights.safetensors", "lora_kohya": "kohya.safetensors"}
+
 # A table maps a diffusers module path to (ldm module path, renames of the names inside it).
 Table = dict[str, tuple[str, dict[str, str]]]
 

@@ -32,11 +32,11 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import save_file
 
 from .files import atomic_file
+from .layout import LORA_FILES
 
 log = logging.getLogger(__name__)
 
-LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default name for a LoRA file
-KOHYA_FILE = "kohya.safetensors"
+LORA_FILE, KOHYA_FILE = LORA_FILES["lora"], LORA_FILES["lora_kohya"]
 ADAPTER = "default"  # peft's name for a model's only adapter
 
 # The reference script's targets: the attention projections (add_k_proj/add_v_proj exist only in UNets

@@ -15,12 +15,12 @@ from transformers import CLIPTextModel
 
 from .components import model_identity, resolve_base_model
 from .files import atomic_file
+from .layout import LORA_FILES
 from .schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
 
 WEIGHT_FORMATS = ("diffusers", "lora")
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def load_trained(model: TrainedModel) -> LoadedModel:
         pipeline = StableDiffusionPipeline.from_pretrained(
             resolve_base_model(model.base_model, model.models_dir), **options
         )
-        pipeline.load_lora_weights(str(model.weights_dir), weight_name=LORA_WEIGHTS)
+        pipeline.load_lora_weights(str(model.weights_dir), weight_name=LORA_FILES["lora"])
     else:
         if model.weights_format == "diffusers":
             options.update(_trained_components(model.weights_dir))

@@ -625,16 +625,15 @@ class _Validator:
         return path
 
 
-@functools.cache
-def _scorer_cache():
-    return {}
+# The scorer loaded last, by (model, device, models dir): a worker scores job after job with it.
+_SCORERS: dict[tuple, object] = {}
 
 
 def _scorer(model: str, device: torch.device, models_dir: Path):
     """The scorer for `model`, loaded once per process (a worker scores many jobs)."""
     from .score import Scorer
 
-    cache = _scorer_cache()
+    cache = _SCORERS
     key = (model, str(device), models_dir)
     if key not in cache:
         cache.clear()  # note: one scoring model in memory at a time
