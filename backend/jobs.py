@@ -322,6 +322,13 @@ def record_validation(
     return cancel_requested
 
 
+def record_memory_plan(session: Session, lease: Lease, memory_plan: dict) -> bool:
+    """Store the memory savers this attempt runs with; returns whether the owner asked to cancel."""
+    cancel_requested = _fenced_update(session, lease, memory_plan=memory_plan)
+    session.commit()
+    return cancel_requested
+
+
 def forget_outputs_after(session: Session, lease: Lease, step: int) -> None:
     """A new attempt resumes from `step`: drop what the last attempt recorded after it (it is redone)."""
     job = session.get(Job, lease.job_id)

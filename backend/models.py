@@ -130,10 +130,13 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     # When the retention rule deleted the raw photos (the job keeps their metadata).
     photos_purged_at: Mapped[datetime | None]
-    # The loss curve, downsampled to at most a few hundred [step, loss] points (see worker/losses.py).
+    # The loss curve, downsampled to at most a few hundred [step, loss] points (see worker/progress.py).
     loss_history: Mapped[list[Any] | None] = mapped_column(JSONType)
     # The scorer's per-step scores and recommended step (see worker/dreambooth/score.py); None until scored.
     evaluation: Mapped[dict[str, Any] | None]
+    # The memory savers memory_profile chose for the latest attempt (worker/dreambooth/memory.py):
+    # {"profile", "gpu_memory_gib", "changes": {setting: value}}; None until an attempt starts.
+    memory_plan: Mapped[dict[str, Any] | None]
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]

@@ -196,6 +196,12 @@ class Evaluation(BaseModel):
     recommended_is_final: bool
 
 
+class MemoryPlanOut(BaseModel):
+    profile: str  # the worker's tier: "24gb", "16gb", "12gb"; "cpu" without a GPU; "none" when turned off
+    gpu_memory_gib: float | None  # the worker GPU's total memory
+    changes: dict[str, Any]  # settings the profile changed for this run, e.g. {"use_8bit_adam": true}
+
+
 class JobOut(BaseModel):
     id: uuid.UUID
     status: str
@@ -214,6 +220,7 @@ class JobOut(BaseModel):
     loss_history: list[tuple[int, float]] = []  # [step, mean loss], downsampled to a few hundred points
     kept_steps: list[int] = []  # steps whose weights can be downloaded (?step=N) and generated from
     evaluation: Evaluation | None = None  # per-step scores and the recommended step, once scored
+    memory_plan: MemoryPlanOut | None = None  # the memory savers the worker chose, once training starts
 
 
 class JobList(BaseModel):

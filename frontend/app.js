@@ -850,8 +850,28 @@ function renderJob(page, job) {
 function jobMeta(job) {
   const parts = [`Submitted ${formatTime(job.created_at)}`, `${job.photo_count} photos`, `preset ${job.settings.preset}`, job.settings.base_model];
   if (job.settings.training_method === "lora") parts.push(job.settings.lora_rank ? `LoRA rank ${job.settings.lora_rank}` : "LoRA");
+  const memory = memoryText(job.memory_plan);
+  if (memory) parts.push(memory);
   if (job.finished_at) parts.push(`finished ${formatTime(job.finished_at)}`);
   return parts.join(" · ");
+}
+
+/** The memory savers the worker turned on for this GPU, e.g. "16 GB GPU: 8-bit Adam, fp16, gradient checkpointing". */
+function memoryText(plan) {
+  if (!plan || plan.gpu_memory_gib === null) return "";
+  const names = {
+    use_8bit_adam: () => "8-bit Adam",
+    mixed_precision: (value) => value,
+    gradient_checkpointing: () => "gradient checkpointing",
+    enable_xformers_memory_efficient_attention: () => "xformers",
+    train_batch_size: (value) => `batch ${value}`,
+    gradient_accumulation_steps: (value) => `${value} accumulation steps`,
+    sample_batch_size: (value) => `class images in batches of ${value}`,
+  };
+  const changes = Object.entries(plan.changes).filter(([name, value]) => value !== false && names[name]);
+  const gpu = `${Math.round(plan.gpu_memory_gib)} GB GPU`;
+  if (!changes.length) return gpu;
+  return `${gpu}: ${changes.map(([name, value]) => names[name](value)).join(", ")}`;
 }
 
 function announce(page, job) {

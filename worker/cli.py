@@ -137,6 +137,8 @@ def train(args: argparse.Namespace) -> None:
 
     result = run(config, on_progress=report)
     print()
+    if result.memory_plan is not None:
+        print(result.memory_plan.describe())
     for dtype, path in result.checkpoints.items():
         print(f"checkpoint ({dtype}): {path}")
     for sample in result.samples:

@@ -14,7 +14,7 @@ from backend.db import get_sessionmaker
 from backend.jobs import Lease, LeaseLost
 from backend.models import Artifact
 from backend.settings import get_settings
-from worker.dreambooth.config import Progress
+from worker.dreambooth.config import MemoryPlan, Progress
 from worker.dreambooth.validate import Validation
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class JobReporter:
         self._lock = threading.Lock()
         self._last_write = 0.0
         self._last_phase: str | None = None
+        self._last_loss: float | None = None
         self._cancel_requested = False
         self.lease_lost = False
         self._stopped = threading.Event()
@@ -85,6 +86,7 @@ class JobReporter:
     def on_progress(self, progress: Progress) -> None:
         if progress.phase == "training" and progress.loss is not None:
             self.losses.add(progress.step, progress.loss)
+            self._last_loss = progress.loss
         now = time.monotonic()
         phase_changed = progress.phase != self._last_phase
         if not phase_changed and now - self._last_write < self._interval:
@@ -95,7 +97,8 @@ class JobReporter:
             phase=progress.phase,
             step=progress.step,
             total_steps=progress.total_steps,
-            loss=progress.loss,
+            # note: sampling and exporting report no loss of their own; the job keeps showing the last one
+            loss=progress.loss if progress.loss is not None else self._last_loss,
             eta_seconds=progress.eta_seconds,
             loss_history=self.losses.points,
         )
@@ -126,6 +129,10 @@ class JobReporter:
             )
         kept = set(validation.kept_steps)
         self._write(jobs.record_validation, artifacts=artifacts, kept_steps=kept, evaluation=validation.evaluation)
+
+    def on_memory_plan(self, plan: MemoryPlan) -> None:
+        """Record which memory savers memory_profile chose for this attempt (not throttled)."""
+        self._write(jobs.record_memory_plan, memory_plan=plan.as_dict())
 
     @property
     def timed_out(self) -> bool:

@@ -183,6 +183,7 @@ def _train(config: TrainConfig, reporter: JobReporter) -> TrainResult:
             should_stop=reporter.should_stop,
             models=_base_models(),
             on_validation=reporter.on_validation,
+            on_memory_plan=reporter.on_memory_plan,
         )
     except torch.cuda.OutOfMemoryError:
         out_of_memory = True
@@ -195,8 +196,6 @@ def _train(config: TrainConfig, reporter: JobReporter) -> TrainResult:
             "gradient_checkpointing and mixed_precision fp16; lower train_batch_size (raising "
             "gradient_accumulation_steps instead), resolution or sample_batch_size; or turn off train_text_encoder.",
         )
-    if result.memory_plan is not None:
-        log.info("job %s: %s", reporter.lease.job_id, result.memory_plan.describe())
     if not result.stopped:
         # note: the outputs are whole now; the saved state (optimizer included) would only fill the disk
         shutil.rmtree(config.output_dir / STATE_DIR, ignore_errors=True)

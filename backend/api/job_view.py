@@ -2,7 +2,7 @@
 
 from backend.jobs import kept_steps
 from backend.models import Artifact, Job
-from backend.schemas import ArtifactOut, ErrorOut, Evaluation, JobOut, Progress
+from backend.schemas import ArtifactOut, ErrorOut, Evaluation, JobOut, MemoryPlanOut, Progress
 
 
 def job_out(job: Job) -> JobOut:
@@ -26,6 +26,7 @@ def job_out(job: Job) -> JobOut:
         loss_history=job.loss_history or [],
         kept_steps=kept_steps(job),
         evaluation=Evaluation.model_validate(job.evaluation) if job.evaluation else None,
+        memory_plan=MemoryPlanOut.model_validate(job.memory_plan) if job.memory_plan else None,
     )
 
 

@@ -113,3 +113,22 @@ def test_finish_releases_the_lease(db, make_job):
     with pytest.raises(LeaseLost):
         jobs.finish_job(db, lease, JobStatus.succeeded)
     assert jobs.request_cancel(db, owner_of(db, job), job.id).status == "failed"
+
+
+def test_the_memory_plan_is_recorded_under_the_lease_and_shown_to_the_owner(db, make_job):
+    from backend.api.job_view import job_out
+
+    job = make_job()
+    first = jobs.claim_job(db, job.id)
+    plan = {"profile": "16gb", "gpu_memory_gib": 15.6, "changes": {"use_8bit_adam": True, "mixed_precision": "fp16"}}
+    assert jobs.record_memory_plan(db, first, plan) is False
+    db.refresh(job)
+    assert job_out(job).memory_plan.model_dump() == plan
+
+    make_stale(db, job)
+    second = jobs.claim_job(db, job.id)
+    with pytest.raises(LeaseLost):
+        jobs.record_memory_plan(db, first, {"profile": "cpu", "gpu_memory_gib": None, "changes": {}})
+    jobs.record_memory_plan(db, second, {"profile": "24gb", "gpu_memory_gib": 79.1, "changes": {}})
+    db.refresh(job)
+    assert job.memory_plan["profile"] == "24gb"

@@ -67,6 +67,8 @@ def check_succeeded_job(client: Client, job: dict, tiny_config_dir: Path, tmp_pa
     assert len(job["loss_history"]) == FAST_SETTINGS["max_train_steps"]
     assert [score["step"] for score in job["evaluation"]["steps"]] == steps
     assert job["evaluation"]["recommended_step"] in steps and job["evaluation"]["reason"]
+    assert job["memory_plan"] == {"profile": "cpu", "gpu_memory_gib": None, "changes": {}}  # no GPU here
+    assert job["progress"]["loss"] is not None  # the last training loss outlives sampling and export
 
     image = client.http.get(samples[0]["url"])
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG")

@@ -157,6 +157,11 @@ class MemoryPlan:
     gpu_memory_gib: float | None  # the GPU's total memory; None on the CPU
     changes: tuple[tuple[str, object], ...] = ()  # (setting, value) pairs it changed
 
+    def as_dict(self) -> dict:
+        """What the job records: {"profile", "gpu_memory_gib", "changes": {setting: value}}."""
+        gib = None if self.gpu_memory_gib is None else round(self.gpu_memory_gib, 1)
+        return {"profile": self.profile, "gpu_memory_gib": gib, "changes": dict(self.changes)}
+
     def describe(self) -> str:
         changed = ", ".join(f"{name}={value}" for name, value in self.changes) or "no changes"
         memory = f"{self.gpu_memory_gib:.0f} GiB GPU" if self.gpu_memory_gib is not None else "no GPU"

@@ -93,9 +93,12 @@ def train(
     should_stop: Callable[[], bool] = lambda: False,
     models: ComponentCache | None = None,
     on_validation: Callable[[Validation], None] = lambda v: None,
+    on_memory_plan: Callable[[MemoryPlan], None] = lambda plan: None,
 ) -> TrainResult:
     """Fine-tune, validating along the way, and export; returns early (stopped=True, nothing exported)
     once should_stop().
+
+    `on_memory_plan` hears which memory savers memory_profile chose, before any weights are loaded.
 
     At each validation step (validate.py) the run samples, keeps that step's weights, scores the samples
     and calls `on_validation`. With `models`, the base model comes from (and stays in) that cache and is
@@ -110,6 +113,7 @@ def train(
     plan = plan_memory(config, device.type, _gpu_memory(device))
     config = apply_memory_plan(config, plan)
     log.info(plan.describe())
+    on_memory_plan(plan)
     accelerator = _accelerator(config, device)
     weight_dtype = HALF.get(accelerator.mixed_precision, torch.float32)
     parts = models.get(config.base_model, config.models_dir, config.revision) if models else load_components(

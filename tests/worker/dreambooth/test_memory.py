@@ -31,6 +31,7 @@ def test_16gb_gets_the_studys_recipe(make_config, tmp_path: Path):
     applied = apply_memory_plan(config, plan)
     assert applied.use_8bit_adam and applied.gradient_checkpointing and applied.mixed_precision == "fp16"
     assert "use_8bit_adam=True" in plan.describe() and "16 GiB GPU" in plan.describe()
+    assert plan.as_dict() == {"profile": "16gb", "gpu_memory_gib": 15.7, "changes": SAVERS_16GB}
 
 
 def test_12gb_also_splits_the_batch_into_accumulation_steps(make_config, tmp_path: Path):
