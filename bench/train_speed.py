@@ -309,7 +309,8 @@ def machine(args) -> str:
             ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")),
         platform.processor(),
     )
-    return f"{model}, {os.cpu_count()} cores ({args.threads} torch thread per run)"
+    threads = f"{args.threads} torch thread{'s' if args.threads != 1 else ''}"
+    return f"{model}, {os.cpu_count()} cores ({threads} per run)"
 
 
 def speed_cells(ours: dict, reference: dict, key: str) -> list[str]:

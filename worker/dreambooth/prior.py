@@ -31,6 +31,7 @@ CLASS_IMAGE_SCHEDULER = "dpmsolver++"  # DPM-Solver++: good images in ~25 steps
 CLASS_IMAGE_SEED = 0  # image i uses seed CLASS_IMAGE_SEED + i, whatever the job's own seed
 JPEG_QUALITY = 95
 EVICTION_GRACE_SECONDS = 600  # a folder used this recently may be in use by another job: never evicted
+EVICTED_PREFIX = ".evicted-"  # an evicted folder's name while it is deleted
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,9 @@ def evict_class_images(
     limit can be exceeded for a while rather than pull images from under a running job.
     """
     root = cache_dir / "class-images"
+    for leftover in root.glob(f"{EVICTED_PREFIX}*"):
+        # note: a process killed while deleting leaves its renamed folder behind; nothing can read it any more
+        shutil.rmtree(leftover, ignore_errors=True)
     folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] if root.exists() else []
     entries = []
     for folder in folders:
@@ -176,7 +180,7 @@ def evict_class_images(
         if folder == keep or now - used_at < grace_seconds:
             continue
         # note: renamed away first, so no reader ever finds a half-deleted folder under the key's name
-        trash = root / f".evicted-{uuid.uuid4().hex[:8]}"
+        trash = root / f"{EVICTED_PREFIX}{uuid.uuid4().hex[:8]}"
         try:
             os.rename(folder, trash)
         except FileNotFoundError:

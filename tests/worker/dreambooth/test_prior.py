@@ -90,6 +90,15 @@ def test_eviction_removes_least_recently_used_first(tmp_path: Path):
     assert evict_class_images(tmp_path, max_bytes=250, keep=folders["in-use"], grace_seconds=600) == []
 
 
+def test_eviction_finishes_deleting_what_a_killed_process_left(tmp_path: Path):
+    root = tmp_path / "class-images"
+    (root / ".evicted-0badf00d").mkdir(parents=True)
+    (root / ".evicted-0badf00d" / "00000.jpg").write_bytes(b"x" * 100)
+    (root / "kept").mkdir()
+    assert evict_class_images(tmp_path, max_bytes=10**6, keep=root / "kept") == []
+    assert names(root) == ["kept"]
+
+
 def fill_in_child(models_dir: Path, cache: Path, barrier: Path, name: str, results) -> None:
     """A second process's part: load the model, wait for the other process, fill the same key."""
     from worker.dreambooth.components import load_components
