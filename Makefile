@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv services chromium lint clean
+.PHONY: run test venv services chromium clean
 
 run: $(STAMP)
 	$(BIN)/dreambooth serve
