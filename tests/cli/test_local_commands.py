@@ -37,6 +37,7 @@ def test_train_runs_the_core_without_the_server(tmp_path):
     )
     checkpoint = output / "checkpoints" / "model-fp16.safetensors"
     assert f"checkpoint (fp16): {checkpoint}" in stdout
+    assert "memory profile cpu (no GPU): no changes" in stdout
     with safe_open(str(checkpoint), "np") as file:
         assert any(key.startswith("model.diffusion_model.") for key in file.keys())
     # note: about five validation points means every one of 3 steps, each sampling 4 default prompts

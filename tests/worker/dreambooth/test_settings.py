@@ -93,6 +93,9 @@ class FakeReporter:
     def on_validation(self, validation) -> None:
         pass
 
+    def on_memory_plan(self, plan) -> None:
+        pass
+
 
 def test_out_of_memory_fails_the_job_naming_the_settings_to_change(monkeypatch, make_config, tmp_path: Path):
     import torch
