@@ -115,18 +115,30 @@ def measure_core(args) -> dict:
     VAE, text encoder, cached latents and prompt embeddings included; stopped after `steps` steps, before
     sampling and export, so the peak is the training's."""
     import torch
+
+    torch.set_num_threads(args.threads)
+    times = timed_core_steps(
+        Path(args.work_dir), f"builtin-{args.size}", args.steps, f"out-{args.child}",
+        resolution=args.resolution, train_batch_size=args.batch_size, learning_rate=1e-4,
+        training_method=args.child, lora_rank=args.rank, mixed_precision=args.mixed_precision, device=args.device,
+    )
+    return {"peak_mb": peak_memory_mb(args.device), "s_per_step": statistics.median(times[1:] or times)}
+
+
+def timed_core_steps(work: Path, model: str, steps: int, output: str, **settings) -> list[float]:
+    """Run the real training loop on `work/model` for `steps` training steps and stop (before sampling and
+    export); the seconds each step took. Four drawn photos; `settings` are TrainConfig fields."""
     from PIL import Image, ImageDraw
 
     from worker.dreambooth.config import TrainConfig
     from worker.dreambooth.train import train
 
-    torch.set_num_threads(args.threads)
-    work = Path(args.work_dir)
+    side = settings["resolution"]
     photos = []
     for index, colour in enumerate(("red", "green", "blue", "orange")):
-        photo = Image.new("RGB", (args.resolution, args.resolution), "white")
-        ImageDraw.Draw(photo).ellipse((8 * index, 10, args.resolution - 10, args.resolution - 8 * index), fill=colour)
-        photos.append(work / f"photo-{index}.png")
+        photo = Image.new("RGB", (side, side), "white")
+        ImageDraw.Draw(photo).ellipse((8 * index, 10, side - 10, side - 8 * index), fill=colour)
+        photos.append(work / f"{output}-photo-{index}.png")
         photo.save(photos[-1])
     times: list[float] = []
     last = [time.perf_counter()]
@@ -138,14 +150,12 @@ def measure_core(args) -> dict:
             last[0] = now
 
     config = TrainConfig(
-        base_model=str(work / f"builtin-{args.size}"), instance_images=tuple(photos), instance_prompt="a photo of sks toy",
-        output_dir=work / f"out-{args.child}", models_dir=work, resolution=args.resolution, center_crop=True,
-        train_batch_size=args.batch_size, max_train_steps=args.steps + 1, learning_rate=1e-4, seed=0,
-        training_method=args.child, lora_rank=args.rank, mixed_precision=args.mixed_precision,
-        memory_profile="none", checkpointing_steps=None, validation_steps=10**6, device=args.device,
+        base_model=str(work / model), instance_images=tuple(photos), instance_prompt="a photo of sks toy",
+        output_dir=work / output, models_dir=work, center_crop=True, max_train_steps=steps + 1, seed=0,
+        memory_profile="none", checkpointing_steps=None, validation_steps=10**6, **settings,
     )
-    train(config, on_progress=on_progress, should_stop=lambda: len(times) >= args.steps)
-    return {"peak_mb": peak_memory_mb(args.device), "s_per_step": statistics.median(times[1:] or times)}
+    train(config, on_progress=on_progress, should_stop=lambda: len(times) >= steps)
+    return times
 
 
 def spawn(args, method: str) -> dict:

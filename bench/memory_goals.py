@@ -28,16 +28,16 @@ import datetime
 import json
 import math
 import os
-import resource
 import shlex
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench.lora_memory import memory_now_mb, peak_memory_mb, timed_core_steps  # noqa: E402
 
 CONFIGS = {
     "UNet only": ({"train_text_encoder": False}, 10),
@@ -45,53 +45,25 @@ CONFIGS = {
 }
 
 
-def rss_now_mb() -> float:
-    resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def measure(args) -> dict:
     """One configuration's run, in this fresh process."""
     import torch
-    from PIL import Image, ImageDraw
 
-    from worker.dreambooth.config import TrainConfig
-    from worker.dreambooth.train import train
+    import worker.dreambooth.train  # noqa: F401  (the libraries it loads belong in the baseline)
 
     torch.set_num_threads(args.threads)
-    baseline = rss_now_mb()
-    work = Path(args.work_dir)
-    photos = []
-    for index, colour in enumerate(("red", "green", "blue", "orange")):
-        photo = Image.new("RGB", (args.resolution, args.resolution), "white")
-        ImageDraw.Draw(photo).ellipse((8 * index, 10, args.resolution - 10, args.resolution - 8 * index), fill=colour)
-        photos.append(work / f"goal-photo-{index}.png")
-        photo.save(photos[-1])
-    times: list[float] = []
-    last = [time.perf_counter()]
-
-    def on_progress(progress) -> None:
-        if progress.phase == "training":
-            now = time.perf_counter()
-            times.append(now - last[0])
-            last[0] = now
-
-    settings, _goal = CONFIGS[args.child]
-    config = TrainConfig(
-        base_model=str(work / "builtin-full"), instance_images=tuple(photos), instance_prompt="a photo of sks toy",
-        output_dir=work / "out-goals", models_dir=work, resolution=args.resolution, center_crop=True,
-        train_batch_size=args.batch_size, max_train_steps=args.steps + 2, learning_rate=1e-6, seed=0,
-        use_8bit_adam=True, mixed_precision=args.mixed_precision, gradient_checkpointing=True, memory_profile="none",
-        checkpointing_steps=None, validation_steps=10**6, device=args.device, **settings,
-    )
+    baseline = memory_now_mb("cpu")
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    train(config, on_progress=on_progress, should_stop=lambda: len(times) >= args.steps + 1)
-    result = {"s_per_step": statistics.median(times[1:])}  # note: the first step also builds the 8-bit state
-    if args.device == "cuda":
-        result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    settings, _goal = CONFIGS[args.child]
+    times = timed_core_steps(
+        Path(args.work_dir), "builtin-full", args.steps + 1, "out-goals",
+        resolution=args.resolution, train_batch_size=args.batch_size, learning_rate=1e-6, use_8bit_adam=True,
+        mixed_precision=args.mixed_precision, gradient_checkpointing=True, device=args.device, **settings,
+    )
+    # note: the first step also builds the 8-bit state
+    result = {"s_per_step": statistics.median(times[1:]), "peak_mb": peak_memory_mb(args.device)}
+    if args.device == "cpu":
         result["baseline_mb"] = baseline
     return result
 

@@ -868,10 +868,9 @@ function memoryText(plan) {
     gradient_accumulation_steps: (value) => `${value} accumulation steps`,
     sample_batch_size: (value) => `class images in batches of ${value}`,
   };
-  const changes = Object.entries(plan.changes).filter(([name, value]) => value !== false && names[name]);
+  const changes = Object.entries(plan.changes).map(([name, value]) => (names[name] ? names[name](value) : `${name} ${value}`));
   const gpu = `${Math.round(plan.gpu_memory_gib)} GB GPU`;
-  if (!changes.length) return gpu;
-  return `${gpu}: ${changes.map(([name, value]) => names[name](value)).join(", ")}`;
+  return changes.length ? `${gpu}: ${changes.join(", ")}` : gpu;
 }
 
 function announce(page, job) {

@@ -5,24 +5,24 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+ML_STACK = {"torch", "diffusers", "transformers", "accelerate"}
 
 
-def test_backend_imports_no_ml_stack():
+def assert_imports_none_of(modules: str, forbidden: set[str]) -> None:
+    """Import `modules` in a fresh interpreter and check no top-level package in `forbidden` got loaded."""
     code = (
-        "import sys, backend.main, backend.auth, backend.jobs, backend.queue, backend.exports\n"
+        f"import sys, {modules}\n"
         "loaded = {name.split('.')[0] for name in sys.modules}\n"
-        "heavy = {'torch', 'diffusers', 'transformers', 'accelerate'} & loaded\n"
+        f"heavy = set({sorted(forbidden)!r}) & loaded\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_backend_imports_no_ml_stack():
+    assert_imports_none_of("backend.main, backend.auth, backend.jobs, backend.queue, backend.exports", ML_STACK)
 
 
 def test_the_original_layout_names_are_plain_python():
     """backend/exports.py streams single files by worker/dreambooth/layout.py's names, as export.py writes them."""
-    code = (
-        "import sys, worker.dreambooth.layout\n"
-        "loaded = {name.split('.')[0] for name in sys.modules}\n"
-        "heavy = {'torch', 'diffusers', 'transformers', 'accelerate', 'numpy', 'safetensors', 'backend'} & loaded\n"
-        "assert not heavy, heavy\n"
-    )
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+    assert_imports_none_of("worker.dreambooth.layout", ML_STACK | {"numpy", "safetensors", "backend"})
