@@ -5,7 +5,7 @@ API under uvicorn and one worker training builtin:tiny jobs), then runs `--clien
 clients for `--seconds`: most poll `GET /api/jobs/{id}` back to back, a tenth follow
 `GET /api/jobs/{id}/events`. Prints requests/s, p50/p99 latency and errors.
 
-    .venv/bin/python bench/load.py --clients 200 --seconds 60
+    .venv/bin/python -m bench.load --clients 200 --seconds 60
 
 Not part of `make test`; record what it prints in bench/RESULTS.md.
 """
@@ -19,7 +19,6 @@ import secrets
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,10 +26,8 @@ from pathlib import Path
 import httpx
 import psycopg
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tests.e2e.stack import BIN, FAST_SETTINGS, Stack, base_env, free_port, photo_files  # noqa: E402
+from bench.common import REPO
+from tests.e2e.stack import BIN, FAST_SETTINGS, Stack, base_env, free_port, photo_files
 
 POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/postgres")
 JOBS = 8  # training while the clients poll, so progress writes compete with reads

@@ -1,8 +1,8 @@
 """Memory of LoRA training against full fine-tuning, each in a fresh process.
 
-    python bench/lora_memory.py                       # CPU: builtin small model, 128 px, batch 2
-    python bench/lora_memory.py --loop unet           # the minimal UNet-only loop, with parameter counts
-    python bench/lora_memory.py --device cuda --size full --resolution 512 --mixed-precision fp16
+    python -m bench.lora_memory                       # CPU: builtin small model, 128 px, batch 2
+    python -m bench.lora_memory --loop unet           # the minimal UNet-only loop, with parameter counts
+    python -m bench.lora_memory --device cuda --size full --resolution 512 --mixed-precision fp16
 
 `--loop core` (the default) runs the real training loop (worker/dreambooth/train.py) with
 training_method full and lora, stopped after the timed steps (before sampling and export), so the
@@ -21,38 +21,27 @@ torch and the loaded weights included) and torch.cuda.max_memory_allocated on CU
 """
 
 import argparse
-import datetime
 import json
-import os
-import resource
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.common import (
+    add_common_arguments,
+    builtin_model,
+    command_line,
+    forwarded,
+    machine,
+    memory_now_mb,
+    peak_memory_mb,
+    print_result,
+    spawn,
+    timed_core_steps,
+    utc_now,
+)
 
 METHODS = ("full", "lora")
 HALF = {"fp16": "float16", "bf16": "bfloat16"}
-
-
-def peak_memory_mb(device: str) -> float:
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def memory_now_mb(device: str) -> float:
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.memory_allocated() / 2**20
-    resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def tensor_bytes(tensors) -> int:
@@ -69,7 +58,7 @@ def measure(args) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     half = getattr(torch, HALF[args.mixed_precision]) if args.mixed_precision in HALF else None
-    unet = UNet2DConditionModel.from_pretrained(Path(args.work_dir) / f"builtin-{args.size}", subfolder="unet")
+    unet = UNet2DConditionModel.from_pretrained(args.work_dir / f"builtin-{args.size}", subfolder="unet")
     unet.to(args.device).train()
     if args.child == "lora":
         if half is not None:
@@ -118,71 +107,24 @@ def measure_core(args) -> dict:
 
     torch.set_num_threads(args.threads)
     times = timed_core_steps(
-        Path(args.work_dir), f"builtin-{args.size}", args.steps, f"out-{args.child}",
+        args.work_dir, args.work_dir / f"builtin-{args.size}", args.steps, f"out-{args.child}",
         resolution=args.resolution, train_batch_size=args.batch_size, learning_rate=1e-4,
         training_method=args.child, lora_rank=args.rank, mixed_precision=args.mixed_precision, device=args.device,
     )
     return {"peak_mb": peak_memory_mb(args.device), "s_per_step": statistics.median(times[1:] or times)}
 
 
-def timed_core_steps(work: Path, model: str, steps: int, output: str, **settings) -> list[float]:
-    """Run the real training loop on `work/model` for `steps` training steps and stop (before sampling and
-    export); the seconds each step took. Four drawn photos; `settings` are TrainConfig fields."""
-    from PIL import Image, ImageDraw
-
-    from worker.dreambooth.config import TrainConfig
-    from worker.dreambooth.train import train
-
-    side = settings["resolution"]
-    photos = []
-    for index, colour in enumerate(("red", "green", "blue", "orange")):
-        photo = Image.new("RGB", (side, side), "white")
-        ImageDraw.Draw(photo).ellipse((8 * index, 10, side - 10, side - 8 * index), fill=colour)
-        photos.append(work / f"{output}-photo-{index}.png")
-        photo.save(photos[-1])
-    times: list[float] = []
-    last = [time.perf_counter()]
-
-    def on_progress(progress) -> None:
-        if progress.phase == "training":
-            now = time.perf_counter()
-            times.append(now - last[0])
-            last[0] = now
-
-    config = TrainConfig(
-        base_model=str(work / model), instance_images=tuple(photos), instance_prompt="a photo of sks toy",
-        output_dir=work / output, models_dir=work, center_crop=True, max_train_steps=steps + 1, seed=0,
-        memory_profile="none", checkpointing_steps=None, validation_steps=10**6, **settings,
-    )
-    train(config, on_progress=on_progress, should_stop=lambda: len(times) >= steps)
-    return times
-
-
-def spawn(args, method: str) -> dict:
-    command = [sys.executable, __file__, "--child", method] + forwarded(args)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, cwd=REPO)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode or not lines:
-        raise SystemExit(f"{method} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
-
-
-def forwarded(args) -> list[str]:
-    names = (
-        "device", "size", "resolution", "batch_size", "steps", "threads", "rank", "mixed_precision", "work_dir", "loop"
-    )
-    return [item for name in names for item in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
+FORWARDED = (
+    "device", "size", "resolution", "batch_size", "steps", "threads", "rank", "mixed_precision", "work_dir", "loop"
+)
 
 
 def report_core(args, results: dict[str, dict]) -> str:
-    from bench.train_speed import machine
-
     memory = "CUDA max allocated" if args.device == "cuda" else "peak RSS"
     lines = [
-        f"- machine: {machine(args)}",
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- command: `python bench/lora_memory.py {' '.join(sys.argv[1:])}`",
+        f"- machine: {machine(args.device, args.threads)}",
+        f"- date: {utc_now()}",
+        f"- command: `{command_line('bench.lora_memory')}`",
         (
             f"- the training loop (worker/dreambooth/train.py) on builtin:{args.size} at {args.resolution} px, "
             f"batch {args.batch_size}, {args.steps} steps, mixed precision {args.mixed_precision}, UNet only; "
@@ -200,14 +142,12 @@ def report_core(args, results: dict[str, dict]) -> str:
 
 
 def report(args, results: dict[str, dict]) -> str:
-    from bench.train_speed import machine
-
     memory = "CUDA max allocated" if args.device == "cuda" else "peak RSS"
     current = "CUDA allocated" if args.device == "cuda" else "RSS"
     lines = [
-        f"- machine: {machine(args)}",
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- command: `python bench/lora_memory.py {' '.join(sys.argv[1:])}`",
+        f"- machine: {machine(args.device, args.threads)}",
+        f"- date: {utc_now()}",
+        f"- command: `{command_line('bench.lora_memory')}`",
         (
             f"- builtin:{args.size} UNet at {args.resolution} px, batch {args.batch_size}, {args.steps} steps, "
             f"mixed precision {args.mixed_precision}; LoRA rank {args.rank} on the UNet's attention projections"
@@ -239,33 +179,33 @@ def report(args, results: dict[str, dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--size", choices=["small", "full"], default="small")
-    parser.add_argument("--resolution", type=int, help="default: 128 for small, 512 for full")
+    add_common_arguments(parser)
+    parser.add_argument("--size", choices=["tiny", "small", "full"], default="small")
+    parser.add_argument("--resolution", type=int, help="default: 64 for tiny, 128 for small, 512 for full")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
-    parser.add_argument("--work-dir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "dreambooth-bench"))
     parser.add_argument(
         "--loop", choices=["core", "unet"], default="core",
         help="core: the real training loop; unet: a minimal UNet-only loop that also counts parameters and optimizer state",
     )
+    parser.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
     parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.resolution = args.resolution or (512 if args.size == "full" else 128)
+    args.resolution = args.resolution or {"tiny": 64, "small": 128, "full": 512}[args.size]
     if args.child:
-        print("RESULT " + json.dumps(measure_core(args) if args.loop == "core" else measure(args)), flush=True)
+        print_result(measure_core(args) if args.loop == "core" else measure(args))
         return
 
-    from worker.dreambooth.tiny import make_model
-
-    model = Path(args.work_dir) / f"builtin-{args.size}"
-    if not model.exists():
-        make_model(model, args.size)
-    results = {method: spawn(args, method) for method in METHODS}
+    builtin_model(args.work_dir, args.size)
+    results = {
+        method: spawn("bench.lora_memory", ["--child", method, *forwarded(args, FORWARDED)], args.threads)
+        for method in METHODS
+    }
     print(report_core(args, results) if args.loop == "core" else report(args, results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Peak memory of full-size Stable Diffusion training with the memory savers, against the goals.
 
-    python bench/memory_goals.py --device cuda               # the goals: a GPU, SD 1.5's architecture at 512 px
-    python bench/memory_goals.py --mixed-precision bf16      # a stand-in on the CPU (see below)
-    python bench/memory_goals.py                             # the CPU in fp32: an upper bound
+    python -m bench.memory_goals --device cuda               # the goals: a GPU, SD 1.5's architecture at 512 px
+    python -m bench.memory_goals --mixed-precision bf16      # a stand-in on the CPU (see below)
+    python -m bench.memory_goals                             # the CPU in fp32: an upper bound
 
 The model is `dreambooth make-model --size full`: SD 1.5's UNet, VAE and text encoder from their
 configs with random weights (weights do not change speed or memory). Each configuration runs the
@@ -24,20 +24,25 @@ gives, though RSS also counts what the CPU kernels allocate and the allocator ke
 """
 
 import argparse
-import datetime
 import json
 import math
 import os
-import shlex
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.lora_memory import memory_now_mb, peak_memory_mb, timed_core_steps  # noqa: E402
+from bench.common import (
+    add_common_arguments,
+    builtin_model,
+    command_line,
+    forwarded,
+    machine,
+    memory_now_mb,
+    peak_memory_mb,
+    print_result,
+    spawn,
+    timed_core_steps,
+    utc_now,
+)
 
 CONFIGS = {
     "UNet only": ({"train_text_encoder": False}, 10),
@@ -57,7 +62,7 @@ def measure(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     settings, _goal = CONFIGS[args.child]
     times = timed_core_steps(
-        Path(args.work_dir), "builtin-full", args.steps + 1, "out-goals",
+        args.work_dir, args.work_dir / f"builtin-{args.size}", args.steps + 1, "out-goals",
         resolution=args.resolution, train_batch_size=args.batch_size, learning_rate=1e-6, use_8bit_adam=True,
         mixed_precision=args.mixed_precision, gradient_checkpointing=True, device=args.device, **settings,
     )
@@ -80,36 +85,24 @@ def parameter_count(folder: Path) -> int:
 
 
 def trained_parameters(args, name: str) -> int:
-    model = Path(args.work_dir) / "builtin-full"
+    model = args.work_dir / f"builtin-{args.size}"
     parts = ["unet"] + (["text_encoder"] if CONFIGS[name][0]["train_text_encoder"] else [])
     return sum(parameter_count(model / part) for part in parts)
 
 
-def spawn(args, name: str) -> dict:
-    command = [sys.executable, __file__, "--child", name] + [
-        "--device", args.device, "--resolution", str(args.resolution), "--batch-size", str(args.batch_size),
-        "--steps", str(args.steps), "--threads", str(args.threads), "--work-dir", args.work_dir,
-        "--mixed-precision", args.mixed_precision,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, cwd=REPO)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode or not lines:
-        raise SystemExit(f"{name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
+FORWARDED = ("device", "size", "resolution", "batch_size", "steps", "threads", "work_dir", "mixed_precision")
 
 
 def report(args, results: dict[str, dict]) -> str:
-    from bench.train_speed import machine
-
     cpu = args.device == "cpu"
     memory = "peak RSS" if cpu else "CUDA max allocated"
+    model = "builtin:full (SD 1.5's architecture, random weights)" if args.size == "full" else f"builtin:{args.size}"
     lines = [
-        f"- machine: {machine(args)}",
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- command: `{shlex.join(['python', 'bench/memory_goals.py', *sys.argv[1:]])}`",
+        f"- machine: {machine(args.device, args.threads)}",
+        f"- date: {utc_now()}",
+        f"- command: `{command_line('bench.memory_goals')}`",
         (
-            f"- the training loop on builtin:full (SD 1.5's architecture, random weights) at {args.resolution} px, "
+            f"- the training loop on {model} at {args.resolution} px, "
             f"batch {args.batch_size}, 8-bit Adam, mixed precision {args.mixed_precision}"
             + (" (the core trains in fp32 on the CPU)" if cpu and args.mixed_precision == "fp16" else "")
             + f", gradient checkpointing; s/step is the median of {args.steps} steps after one warm-up step"
@@ -130,27 +123,31 @@ def report(args, results: dict[str, dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    add_common_arguments(parser, threads=os.cpu_count())
+    parser.add_argument("--size", choices=["tiny", "small", "full"], default="full", help="the builtin model")
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--mixed-precision", choices=["fp16", "bf16"], default="fp16")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per configuration")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (CPU)")
-    parser.add_argument("--work-dir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "dreambooth-bench"))
     parser.add_argument("--only", choices=list(CONFIGS), help="run one configuration")
+    parser.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
     parser.add_argument("--child", choices=list(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(measure(args)), flush=True)
+        print_result(measure(args))
         return
 
-    from worker.dreambooth.tiny import make_model
-
-    model = Path(args.work_dir) / "builtin-full"
-    if not model.exists():
-        make_model(model, "full")
+    builtin_model(args.work_dir, args.size)
     names = [args.only] if args.only else list(CONFIGS)
-    print(report(args, {name: spawn(args, name) for name in names}))
+    results = {
+        name: spawn("bench.memory_goals", ["--child", name, *forwarded(args, FORWARDED)], args.threads)
+        for name in names
+    }
+    print(report(args, results))
+    if args.json:
+        for name, result in results.items():
+            result["trained_parameters"] = trained_parameters(args, name)
+        args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """What one optimizer step costs over the UNet's parameters, for each optimizer the loops use.
 
-    python bench/optimizer_step.py                    # CPU: builtin small UNet (35M parameters)
-    python bench/optimizer_step.py --text-encoder     # the UNet and the text encoder, as when both train
-    python bench/optimizer_step.py --device cuda --size full
+    python -m bench.optimizer_step                    # CPU: builtin small UNet (35M parameters)
+    python -m bench.optimizer_step --text-encoder     # the UNet and the text encoder, as when both train
+    python -m bench.optimizer_step --device cuda --size full
 
 Explains the 8-bit rows of bench/train_speed.py: with `use_8bit_adam` both the core and the
 reference step bitsandbytes' AdamW8bit, so its cost is the same on both sides and bounds the
@@ -21,16 +21,10 @@ Gradients are random and fixed; each optimizer steps `--warmup` times and then `
 """
 
 import argparse
-import datetime
 import statistics
-import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.train_speed import machine  # noqa: E402
+from bench.common import add_common_arguments, builtin_model, command_line, machine, utc_now
 
 
 def load_parameters(args) -> list:
@@ -38,11 +32,7 @@ def load_parameters(args) -> list:
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    model = Path(args.work_dir) / f"builtin-{args.size}"
-    if not model.exists():
-        from worker.dreambooth.tiny import make_model
-
-        make_model(model, args.size)
+    model = builtin_model(args.work_dir, args.size)
     modules = [UNet2DConditionModel.from_pretrained(model, subfolder="unet")]
     if args.text_encoder:
         modules.append(CLIPTextModel.from_pretrained(model, subfolder="text_encoder"))
@@ -91,13 +81,11 @@ def time_steps(optimizer, args) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--size", choices=["small", "full"], default="small")
+    add_common_arguments(parser)
+    parser.add_argument("--size", choices=["tiny", "small", "full"], default="small")
     parser.add_argument("--text-encoder", action="store_true", help="step the text encoder's parameters too")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--work-dir", default="/tmp/dreambooth-bench")
     args = parser.parse_args()
 
     import torch
@@ -113,9 +101,9 @@ def main() -> None:
         del optimizer
     what = "UNet and text encoder" if args.text_encoder else "UNet"
     lines = [
-        f"- machine: {machine(args)}",
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- command: `python {' '.join(['bench/optimizer_step.py'] + sys.argv[1:])}`",
+        f"- machine: {machine(args.device, args.threads)}",
+        f"- date: {utc_now()}",
+        f"- command: `{command_line('bench.optimizer_step')}`",
         f"- builtin:{args.size} {what}: {len(parameters)} tensors, {count:,} parameters; median of "
         f"{args.steps} steps after {args.warmup} warm-up steps",
         "",

@@ -1,8 +1,9 @@
 """Training speed and memory of the Dreambooth core, against a re-implementation of diffusers' script.
 
-    python bench/train_speed.py                       # CPU: builtin small model, 128 px, batch 2
-    python bench/train_speed.py --write bench/RESULTS.md
-    python bench/train_speed.py --device cuda --size full --resolution 512 --mixed-precision fp16
+    python -m bench.train_speed                       # CPU: builtin small model, 128 px, batch 2
+    python -m bench.train_speed --write bench/RESULTS.md
+    python -m bench.train_speed --device cuda --size full --resolution 512 --mixed-precision fp16
+    python -m bench.train_speed --rows 0,3 --no-cache-hit   # only some configurations, no end-to-end jobs
 
 Every configuration runs in a fresh process (so peak memory is its own): a few warm-up steps, then
 timed steps. Configurations are cumulative (UNet only; + prior preservation; + text encoder; + 8-bit
@@ -13,21 +14,26 @@ worker would, to time the class-image cache and the kept base model end to end.
 """
 
 import argparse
-import datetime
 import itertools
 import json
 import os
-import platform
-import resource
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.common import (
+    add_common_arguments,
+    builtin_model,
+    command_line,
+    drawn_photos,
+    forwarded,
+    machine,
+    peak_memory_mb,
+    print_result,
+    spawn,
+    utc_now,
+)
 
 INSTANCE_PROMPT = "a photo of sks toy"
 CLASS_PROMPT = "a photo of a toy"
@@ -101,11 +107,9 @@ def median_step(times: list[float]) -> float:
 
 
 def peak_memory(device: str) -> dict:
-    import torch
-
-    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    peak = {"peak_rss_mb": peak_memory_mb("cpu")}
     if device == "cuda":
-        peak["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        peak["peak_cuda_mb"] = peak_memory_mb("cuda")
     return peak
 
 
@@ -113,7 +117,7 @@ def run_ours(args, settings: dict) -> dict:
     from worker.dreambooth.config import TrainConfig
     from worker.dreambooth.train import train
 
-    work = Path(args.work_dir)
+    work = args.work_dir
     clock = StepClock(args)
     config = TrainConfig(
         **common_settings(args),
@@ -137,7 +141,7 @@ def run_ours(args, settings: dict) -> dict:
 def run_reference(args, settings: dict) -> dict:
     from bench.reference_loop import main, reference_args
 
-    work = Path(args.work_dir)
+    work = args.work_dir
     clock = StepClock(args)
     options = {**common_settings(args), **settings}
     options.pop("device")
@@ -182,7 +186,7 @@ def run_class_images(args) -> dict:
     from worker.dreambooth.components import load_components
     from worker.dreambooth.prior import ClassImageSpec, class_image_folder, fill_class_images, generation_pipeline
 
-    work = Path(args.work_dir)
+    work = args.work_dir
     shutil.rmtree(work / "cache", ignore_errors=True)
     parts = load_components(str(work / f"builtin-{args.size}"), work)
     spec = ClassImageSpec(parts.identity, CLASS_PROMPT, None, args.resolution, 25, 7.5)
@@ -217,7 +221,7 @@ def run_cache_hit(args) -> dict:
     from worker.dreambooth.config import TrainConfig
     from worker.dreambooth.train import train
 
-    work = Path(args.work_dir)
+    work = args.work_dir
     shutil.rmtree(work / "cache-e2e", ignore_errors=True)
     models = ComponentCache()
     settings = {**common_settings(args), "num_class_images": args.e2e_class_images}
@@ -255,75 +259,41 @@ def child_main(args) -> None:
     else:
         runner = run_ours if args.child == "ours" else run_reference
         result = runner(args, cumulative_settings(args.config))
-    print("RESULT " + json.dumps(result), flush=True)
+    print_result(result)
 
 
 # ---------------------------------------------------------------------- the orchestrating process
 
 
-def spawn(args, child: str, config: int | None = None) -> dict:
-    command = [sys.executable, __file__, "--child", child] + forwarded(args)
-    if config is not None:
-        command += ["--config", str(config)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode or not lines:
-        raise SystemExit(f"{child} {config} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
-
-
-def forwarded(args) -> list[str]:
-    names = ("device", "size", "resolution", "batch_size", "steps", "warmup", "threads", "mixed_precision",
+FORWARDED = ("device", "size", "resolution", "batch_size", "steps", "warmup", "threads", "mixed_precision",
              "class_images", "sample_batch_size", "e2e_class_images", "e2e_steps", "work_dir")
-    return [item for name in names for item in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
+
+
+def spawn_child(args, child: str, config: int | None = None) -> dict:
+    arguments = ["--child", child, *forwarded(args, FORWARDED)]
+    if config is not None:
+        arguments += ["--config", str(config)]
+    return spawn("bench.train_speed", arguments, args.threads)
 
 
 def prepare(args) -> None:
     """The model and four photos (non-square, so the crops matter), made once in the work folder."""
-    from PIL import Image, ImageDraw
-
-    from worker.dreambooth.tiny import make_model
-
-    work = Path(args.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    if not (work / f"builtin-{args.size}").exists():
-        make_model(work / f"builtin-{args.size}", args.size)
-    photos = work / "photos"
-    shutil.rmtree(photos, ignore_errors=True)
-    photos.mkdir()
-    side = args.resolution
-    for index, colour in enumerate(("red", "green", "blue", "orange")):
-        image = Image.new("RGB", (side * 5 // 4, side), "white")
-        ImageDraw.Draw(image).ellipse((10 + 8 * index, 10, side - 10, side - 10), fill=colour)
-        image.save(photos / f"{index}.png")
-
-
-def machine(args) -> str:
-    if args.device == "cuda":
-        import torch
-
-        return torch.cuda.get_device_name(0)
-    model = next(
-        (line.split(":", 1)[1].strip() for line in subprocess.run(
-            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")),
-        platform.processor(),
-    )
-    threads = f"{args.threads} torch thread{'s' if args.threads != 1 else ''}"
-    return f"{model}, {os.cpu_count()} cores ({threads} per run)"
+    builtin_model(args.work_dir, args.size)
+    shutil.rmtree(args.work_dir / "photos", ignore_errors=True)
+    drawn_photos(args.work_dir / "photos", args.resolution, aspect=5 / 4)
 
 
 def speed_cells(ours: dict, reference: dict, key: str) -> list[str]:
     return [f"{ours[key]:.2f}", f"{reference[key]:.2f}", f"{ours[key] / reference[key]:.2f}x"]
 
 
-def report(args, rows: list[tuple], classes: dict, e2e: dict, command: str) -> str:
+def report(args, rows: list[tuple], classes: dict | None, e2e: dict | None, command: str) -> str:
     memory = "peak CUDA MiB" if args.device == "cuda" else "peak RSS MiB"
     key = "peak_cuda_mb" if args.device == "cuda" else "peak_rss_mb"
     by_cpu = args.device == "cpu"
     lines = [
-        f"- machine: {machine(args)}",
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {machine(args.device, args.threads)}",
+        f"- date: {utc_now()}",
         f"- command: `{command}`",
         f"- model: builtin:{args.size} at {args.resolution} px, batch {args.batch_size}, center crop, "
         f"mixed precision {args.mixed_precision}; steps/s from the median of {args.steps} timed steps after "
@@ -343,63 +313,77 @@ def report(args, rows: list[tuple], classes: dict, e2e: dict, command: str) -> s
             cells += speed_cells(ours, reference, "steps_per_cpu_s")
         cells += [f"{ours[key]:.0f}", f"{reference[key]:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    ours, reference = classes["ours"], classes["reference"]
-    first, second = e2e["first"], e2e["second"]
-    lines += [
-        "",
-        f"Class images: ours {ours['wall']:.2f} images/s ({ours['cpu']:.2f} per CPU-s; DPM-Solver++, 25 steps, "
-        f"batch {args.sample_batch_size}); reference {reference['wall']:.2f} images/s ({reference['cpu']:.2f} per "
-        f"CPU-s; the model's default scheduler and steps, batch 4).",
-        "",
-        f"Cache hit, end to end (prior preservation, {args.e2e_class_images} class images, {args.e2e_steps} steps, "
-        f"one 25-step sample, export): first job {first['wall']:.1f} s ({first['cpu']:.1f} CPU-s; generated "
-        f"{e2e['generated'][0]}), second job with the same class prompt {second['wall']:.1f} s "
-        f"({second['cpu']:.1f} CPU-s; generated {e2e['generated'][1]}): {first['wall'] / second['wall']:.1f}x "
-        f"faster ({first['cpu'] / second['cpu']:.1f}x by CPU time).",
-    ]
+    if classes:
+        ours, reference = classes["ours"], classes["reference"]
+        lines += [
+            "",
+            f"Class images: ours {ours['wall']:.2f} images/s ({ours['cpu']:.2f} per CPU-s; DPM-Solver++, 25 steps, "
+            f"batch {args.sample_batch_size}); reference {reference['wall']:.2f} images/s ({reference['cpu']:.2f} "
+            "per CPU-s; the model's default scheduler and steps, batch 4).",
+        ]
+    if e2e:
+        first, second = e2e["first"], e2e["second"]
+        lines += [
+            "",
+            f"Cache hit, end to end (prior preservation, {args.e2e_class_images} class images, {args.e2e_steps} "
+            f"steps, one 25-step sample, export): first job {first['wall']:.1f} s ({first['cpu']:.1f} CPU-s; "
+            f"generated {e2e['generated'][0]}), second job with the same class prompt {second['wall']:.1f} s "
+            f"({second['cpu']:.1f} CPU-s; generated {e2e['generated'][1]}): {first['wall'] / second['wall']:.1f}x "
+            f"faster ({first['cpu'] / second['cpu']:.1f}x by CPU time).",
+        ]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--size", choices=["small", "full"], default="small")
-    parser.add_argument("--resolution", type=int, help="default: 128 for small, 512 for full")
+    add_common_arguments(parser)
+    parser.add_argument("--size", choices=["tiny", "small", "full"], default="small")
+    parser.add_argument("--resolution", type=int, help="default: 64 for tiny, 128 for small, 512 for full")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--repeats", type=int, default=1, help="runs per configuration and side; the best counts")
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    parser.add_argument("--rows", default=",".join(str(i) for i in range(len(CONFIGS))),
+                        help="the configurations to run, by index: " + ", ".join(
+                            f"{i} {name}" for i, (name, _) in enumerate(CONFIGS)))
     parser.add_argument("--class-images", type=int, default=8, help="class images for the speed runs")
     parser.add_argument("--sample-batch-size", type=int, default=8, help="class images generated per batch")
+    parser.add_argument("--cache-hit", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time two prior-preservation jobs end to end (class-image cache)")
     parser.add_argument("--e2e-class-images", type=int, default=32, help="class images for the cache-hit jobs")
     parser.add_argument("--e2e-steps", type=int, default=20, help="training steps of the cache-hit jobs")
-    parser.add_argument("--work-dir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "dreambooth-bench"))
     parser.add_argument("--write", help="also write the report to this markdown file")
+    parser.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--config", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.resolution = args.resolution or (512 if args.size == "full" else 128)
+    args.resolution = args.resolution or {"tiny": 64, "small": 128, "full": 512}[args.size]
     if args.child:
         child_main(args)
         return
 
-    command = "python bench/train_speed.py " + " ".join(sys.argv[1:])
+    command = command_line("bench.train_speed")
+    indices = [int(index) for index in args.rows.split(",")]
     prepare(args)
-    classes = spawn(args, "class-images")
+    # note: every configuration after the first trains with prior preservation, on class images made here
+    classes = spawn_child(args, "class-images") if max(indices) > 0 else None
     rows = []
-    for index, (name, _) in enumerate(CONFIGS):
-        runs = [(spawn(args, "ours", index), spawn(args, "reference", index)) for _ in range(args.repeats)]
+    for index in indices:
+        name = CONFIGS[index][0]
+        runs = [(spawn_child(args, "ours", index), spawn_child(args, "reference", index)) for _ in range(args.repeats)]
         print(f"{name}: {runs}", flush=True)
         # note: the best of the repeats, the run least disturbed by whatever else the machine was doing
         best = [max((run[side] for run in runs), key=lambda r: r["steps_per_s"]) for side in (0, 1)]
         rows.append((name, *best))
-    e2e = spawn(args, "cache-hit")
+    e2e = spawn_child(args, "cache-hit") if args.cache_hit else None
     text = report(args, rows, classes, e2e, command)
     print(text)
     if args.write:
         Path(args.write).write_text(f"# Training benchmark\n\n{__doc__.strip()}\n\n## Results\n\n{text}\n")
+    if args.json:
+        rows_json = [{"configuration": name, "ours": ours, "reference": reference} for name, ours, reference in rows]
+        args.json.write_text(json.dumps({"rows": rows_json, "class_images": classes, "cache_hit": e2e}, indent=2))
 
 
 if __name__ == "__main__":

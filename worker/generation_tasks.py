@@ -24,7 +24,8 @@ from backend.models import Generation, GenerationStatus, Job
 from backend.queue import GENERATE_TASK
 from backend.settings import get_settings
 from worker.celery_app import app
-from worker.tasks import STORAGE_ERRNOS, JobError
+from worker.dreambooth.errors import JobError, out_of_memory_as_error
+from worker.tasks import STORAGE_ERRNOS
 
 if TYPE_CHECKING:
     from worker.dreambooth.render import RenderedImage, RenderRequest, TrainedModel
@@ -180,22 +181,16 @@ def _render_with(
     model: "TrainedModel", request: "RenderRequest", out_dir: Path, generation_id: uuid.UUID, should_stop
 ) -> list["RenderedImage"]:
     # note: the ML stack is imported here, not at module load, so the worker starts quickly.
-    import torch
-    from diffusers.training_utils import free_memory
-
     from worker.dreambooth.render import render
 
-    try:
+    def load_and_render() -> list["RenderedImage"]:
         loaded, reused = _pipelines().get(model)
         source = "reusing the loaded model" if reused else "loaded the model from disk"
         log.info("generation %s: %s (%s)", generation_id, source, model.weights_dir or model.pipeline_dir)
         return render(loaded, request, out_dir, should_stop)
-    except torch.cuda.OutOfMemoryError:
-        pass
-    # note: only now, outside the except block, are the error's frames (and the tensors they hold) gone
-    free_memory()
-    raise JobError(
-        "out_of_memory",
+
+    return out_of_memory_as_error(
+        load_and_render,
         f"The GPU ran out of memory rendering at {request.resolution} px. Try again when the GPU is less "
         "busy, or with guidance_scale 1 (no classifier-free guidance, half the memory).",
     )

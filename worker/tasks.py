@@ -26,6 +26,7 @@ from backend.queue import TRAIN_TASK
 from backend.settings import get_settings
 from worker.celery_app import app
 from worker.dreambooth.config import STATE_DIR, TrainConfig, TrainResult
+from worker.dreambooth.errors import JobError
 from worker.dreambooth.validate import EVALUATION_FILE, SAMPLES_DIR, STEPS_DIR
 from worker.progress import JobReporter
 
@@ -41,15 +42,6 @@ VALIDATION_OUTPUTS = (SAMPLES_DIR, STEPS_DIR, EVALUATION_FILE)
 
 # Write failures that mean the file store, not the job, is at fault.
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
-
-
-class JobError(Exception):
-    """A failure with a stable code and a message the user can act on."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 # note: no Celery time_limit: the solo pool cannot enforce one. The soft limit stops training from
@@ -170,32 +162,16 @@ def _base_models():
 
 def _train(config: TrainConfig, reporter: JobReporter) -> TrainResult:
     # note: the ML stack is imported here, not at module load, so the worker starts quickly.
-    import torch
-    from diffusers.training_utils import free_memory
-
     from worker.dreambooth.train import train as train_dreambooth
 
-    out_of_memory = False
-    try:
-        result = train_dreambooth(
-            config,
-            on_progress=reporter.on_progress,
-            should_stop=reporter.should_stop,
-            models=_base_models(),
-            on_validation=reporter.on_validation,
-            on_memory_plan=reporter.on_memory_plan,
-        )
-    except torch.cuda.OutOfMemoryError:
-        out_of_memory = True
-    if out_of_memory:
-        # note: only now, outside the except block, are the error's frames (and the tensors they hold) gone
-        free_memory()
-        raise JobError(
-            "out_of_memory",
-            "The GPU ran out of memory. Set memory_profile to auto, or turn on use_8bit_adam, "
-            "gradient_checkpointing and mixed_precision fp16; lower train_batch_size (raising "
-            "gradient_accumulation_steps instead), resolution or sample_batch_size; or turn off train_text_encoder.",
-        )
+    result = train_dreambooth(
+        config,
+        on_progress=reporter.on_progress,
+        should_stop=reporter.should_stop,
+        models=_base_models(),
+        on_validation=reporter.on_validation,
+        on_memory_plan=reporter.on_memory_plan,
+    )
     if not result.stopped:
         # note: the outputs are whole now; the saved state (optimizer included) would only fill the disk
         shutil.rmtree(config.output_dir / STATE_DIR, ignore_errors=True)

@@ -34,6 +34,7 @@ from .components import (
 )
 from .config import MemoryPlan, Progress, Sample, TrainConfig, TrainResult
 from .data import LatentSource, batches, load_photo
+from .errors import TRAINING_OUT_OF_MEMORY, out_of_memory_as_error
 from .export import checkpoint_metadata, export_single_file
 from .files import atomic_dir
 from .lora import LORA_FILE, LoraSettings, add_adapters, save_lora
@@ -102,8 +103,16 @@ def train(
 
     At each validation step (validate.py) the run samples, keeps that step's weights, scores the samples
     and calls `on_validation`. With `models`, the base model comes from (and stays in) that cache and is
-    never modified; without it, the base model is loaded for this run alone.
+    never modified; without it, the base model is loaded for this run alone. A GPU that runs out of memory
+    raises JobError("out_of_memory") naming the settings to change, with the GPU memory handed back.
     """
+    return out_of_memory_as_error(
+        lambda: _train(config, on_progress, should_stop, models, on_validation, on_memory_plan),
+        TRAINING_OUT_OF_MEMORY,
+    )
+
+
+def _train(config, on_progress, should_stop, models, on_validation, on_memory_plan) -> TrainResult:
     total = config.max_train_steps
     on_progress(Progress("preparing", 0, total, None, None))
 
@@ -273,9 +282,11 @@ def _release(device: torch.device) -> None:
 
 
 def _gpu_memory(device: torch.device) -> int | None:
+    """The GPU memory this process may use: the card's, or its share of it (set_per_process_memory_fraction)."""
     if device.type != "cuda":
         return None
-    return torch.cuda.get_device_properties(device).total_memory
+    total = torch.cuda.get_device_properties(device).total_memory
+    return int(total * torch.cuda.get_per_process_memory_fraction(device))
 
 
 def _accelerator(config: TrainConfig, device: torch.device) -> Accelerator:
@@ -327,7 +338,10 @@ def _make_trainees(
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if text_encoder is not None:
-            text_encoder.activation_checkpointing_enable()
+            # note: transformers 5.2x renamed gradient_checkpointing_enable (kept as a deprecated alias), which
+            # is all that the 4.x and early 5.x releases in pyproject's range have
+            enable = getattr(text_encoder, "activation_checkpointing_enable", text_encoder.gradient_checkpointing_enable)
+            enable()
     if config.enable_xformers_memory_efficient_attention:
         if is_xformers_available():
             unet.enable_xformers_memory_efficient_attention()

@@ -105,12 +105,12 @@ def test_out_of_memory_fails_the_job_naming_the_settings_to_change(monkeypatch, 
     def run_out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(worker.dreambooth.train, "train", run_out_of_memory)
+    monkeypatch.setattr(worker.dreambooth.train, "_train", run_out_of_memory)
     with pytest.raises(JobError) as raised:
         _train(make_config(tmp_path), FakeReporter())
     assert raised.value.code == "out_of_memory"
     assert raised.value.__context__ is None  # note: nothing keeps the failed run's tensors alive
-    for setting in ("use_8bit_adam", "gradient_checkpointing", "mixed_precision", "train_batch_size"):
+    for setting in ("use_8bit_adam", "gradient_checkpointing", "mixed_precision", "train_batch_size", "lora"):
         assert setting in raised.value.message
 
 

@@ -1,0 +1,509 @@
+"""The GPU acceptance run: every GPU figure the project claims, from one command, in a few minutes.
+
+    scripts/gpu-check                  # on a CUDA machine (the device tool: carry .whl, see scripts/gpu-wheels)
+    scripts/gpu-check --dry-run        # the same code paths on the CPU at tiny sizes, in about a minute
+
+Sections, each in fresh processes and each under its own time limit, so one that fails or hangs costs only
+itself; the run stops starting sections when its budget is spent:
+
+1. environment: the GPU, its memory, and the versions of the stack;
+2. GPU tests: the `gpu`-marked tests of the core (tests/worker/dreambooth/test_gpu.py) on the tiny model:
+   fp16 and bf16 training of fp32 weights, 8-bit Adam, LoRA, samples, a half-precision generation and the
+   exported single file loading back;
+3. memory planner: SD 1.5's architecture (builtin:full) at 512 px on emulated 12 GB and 16 GB cards
+   (torch.cuda.set_per_process_memory_fraction): the object or face preset with `memory_profile` auto
+   trains, the same job with `memory_profile` none fails as out_of_memory with the advice, and the next job
+   in the same process succeeds;
+4. memory goals: bench.memory_goals (8-bit Adam, fp16, checkpointing, batch 1, 512 px);
+5. LoRA memory: bench.lora_memory, full fine-tuning against LoRA (rank 4, fp16, batch 1, 512 px);
+6. training speed: bench.train_speed, ours against the reference loop (fp16, batch 1, 512 px).
+
+It writes $OUT/gpu-check.json (every measurement), $OUT/gpu-check.md (the tables for bench/RESULTS.md),
+$OUT/gpu-check.log (each section's output) and $OUT/gpu-tests.xml (the tests' JUnit report), after every
+section, so a run cut short still brings back what it measured. `--dry-run` uses the CPU, the tiny model at
+64 px and a simulated out-of-memory error instead of an emulated card.
+"""
+
+import argparse
+import functools
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import (
+    DEFAULT_WORK_DIR,
+    REPO,
+    builtin_model,
+    drawn_photos,
+    memory_now_mb,
+    peak_memory_mb,
+    print_result,
+    spawn,
+    utc_now,
+)
+
+GIB = 2**30
+GB = 10**9
+# Emulated cards: the GPU memory torch may allocate on each. A card reports a little less than its label
+# (a 12 GB card ~11.7 GiB, a 16 GB one ~15.7 GiB), and the CUDA context takes ~0.5 GiB more outside
+# torch's allocator, which a per-process fraction does not count; hence these allowances.
+CARDS = {"12 GB": 11.2, "16 GB": 15.2}
+# The presets (backend/presets.py) each emulated card is tried with: objects on the smallest card, faces
+# (text encoder and prior preservation) on the 16 GB one, as the study suggests.
+CARD_SETTINGS = {
+    "12 GB": {"learning_rate": 2e-6, "train_batch_size": 4},
+    "16 GB": {
+        "learning_rate": 1e-6, "train_batch_size": 2, "train_text_encoder": True, "with_prior_preservation": True,
+        "class_prompt": "a photo of a person", "num_class_images": 4, "class_inference_steps": 10,
+    },
+}
+GOALS = {
+    "full_unet_8bit_gb": 10,  # SD 1.5, 512 px, batch 1, UNet only, 8-bit Adam + fp16 + checkpointing
+    "full_text_encoder_8bit_gb": 12,  # the same with the text encoder
+    "lora_gb": 7,
+    "unet_steps_per_s": 8,  # batch 1, no checkpointing, on an H100
+    "speed_up": 1.6,  # ours against the reference loop at the same settings
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What a run trains on: SD 1.5's architecture at 512 px on a GPU, the tiny model at 64 px in a dry run."""
+
+    device: str
+    model: str
+    resolution: int
+    planner_steps: int
+    speed_steps: int
+    speed_warmup: int
+
+    @classmethod
+    def for_run(cls, dry_run: bool) -> "Sizes":
+        if dry_run:
+            return cls("cpu", "tiny", 64, planner_steps=2, speed_steps=2, speed_warmup=1)
+        return cls("cuda", "full", 512, planner_steps=3, speed_steps=20, speed_warmup=5)
+
+
+# ---------------------------------------------------------------------- the run
+
+
+class Run:
+    """The sections' results and outputs, written to the output folder after every section."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args, self.sizes = args, Sizes.for_run(args.dry_run)
+        self.out, self.work = args.out, args.work_dir
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.deadline = time.monotonic() + args.budget_s
+        self.results: dict = {
+            "date": utc_now(),
+            "command": shlex.join(["scripts/gpu-check", *sys.argv[1:]]),
+            "dry_run": args.dry_run,
+            "sections": {},
+        }
+        self.tables: dict[str, str] = {}
+        (self.out / "gpu-check.log").write_text("")
+
+    def section(self, name: str, function, limit_s: float, least_s: float) -> None:
+        """Run one section within min(limit_s, the time left); skip it when less than least_s is left."""
+        left = self.deadline - time.monotonic()
+        started = time.monotonic()
+        if left < least_s:
+            self.results["sections"][name] = {"status": "skipped", "why": f"{left:.0f} s of the budget left"}
+        else:
+            self.log(f"== {name} (limit {min(limit_s, left):.0f} s)")
+            try:
+                result = function(self, min(limit_s, left))
+                self.results["sections"][name] = {"status": "ok", **result}
+            except Exception as exc:
+                detail = "".join(traceback.format_exception(exc))
+                self.log(detail)
+                self.results["sections"][name] = {"status": "failed", "error": str(exc)[-4000:]}
+        self.results["sections"][name]["seconds"] = round(time.monotonic() - started, 1)
+        print(f"{name}: {self.results['sections'][name]['status']} in {time.monotonic() - started:.0f} s", flush=True)
+        self.write()
+
+    def command(self, arguments: list[str], limit_s: float, env: dict | None = None) -> str:
+        """Run a command from the repository root; its output goes to the log. Raises if it fails."""
+        self.log("$ " + shlex.join(arguments))
+        try:
+            done = subprocess.run(
+                arguments, cwd=REPO, env=child_environment(env), capture_output=True, text=True, timeout=limit_s,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as timeout:
+            self.log(_text(timeout.stdout) + _text(timeout.stderr))
+            raise RuntimeError(f"timed out after {limit_s:.0f} s") from None
+        self.log(done.stdout + done.stderr)
+        if done.returncode:
+            raise RuntimeError(f"exit status {done.returncode}: {(done.stdout + done.stderr)[-2000:]}")
+        return done.stdout
+
+    def bench(self, module: str, arguments: list[str], limit_s: float) -> tuple[dict, str]:
+        """Run a benchmark module with --json; its measurements and its Markdown report."""
+        path = self.work / f"{module.rsplit('.', 1)[-1]}.json"
+        path.unlink(missing_ok=True)
+        stdout = self.command([sys.executable, "-m", module, *arguments, "--json", str(path)], limit_s)
+        table = stdout[stdout.index("- machine:"):] if "- machine:" in stdout else stdout
+        return json.loads(path.read_text()), table.strip()
+
+    def log(self, text: str) -> None:
+        with (self.out / "gpu-check.log").open("a") as log:
+            log.write(text.rstrip() + "\n")
+
+    def write(self) -> None:
+        self.results["summary"] = summary(self.results)
+        _write_atomic(self.out / "gpu-check.json", json.dumps(self.results, indent=2))
+        _write_atomic(self.out / "gpu-check.md", markdown(self.results, self.tables))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dry-run", action="store_true", help="the CPU, the tiny model, a simulated OOM")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "gpu-check-out"))
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR.with_name("dreambooth-gpu-check"))
+    parser.add_argument("--budget-s", type=float, default=450, help="stop starting sections after this long")
+    parser.add_argument("--child", choices=["environment", "planner"], help=argparse.SUPPRESS)
+    parser.add_argument("--card", choices=list(CARDS), help=argparse.SUPPRESS)
+    parser.add_argument("--full-job", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "environment":
+        print_result(environment())
+        return
+    if args.child == "planner":
+        print_result(planner_card(args))
+        return
+
+    run = Run(args)
+    if not args.dry_run:
+        # note: the full-size model is made while the tests run (it takes the CPU, they take the GPU)
+        make = f"from pathlib import Path; from bench.common import builtin_model; builtin_model(Path({str(run.work)!r}), 'full')"
+        maker = subprocess.Popen([sys.executable, "-c", make], cwd=REPO, env=child_environment())
+    run.section("environment", section_environment, limit_s=60, least_s=10)
+    run.section("gpu tests", section_tests, limit_s=180, least_s=30)
+    if not args.dry_run:
+        maker.wait()
+    # note: the goals' figures first; the slower checks after them, so a short budget still brings those back
+    run.section("memory goals", section_memory_goals, limit_s=120, least_s=40)
+    run.section("training speed", functools.partial(section_speed, rows="0"), limit_s=100, least_s=40)
+    run.section("lora memory", section_lora, limit_s=90, least_s=30)
+    run.section("memory planner", section_planner, limit_s=240, least_s=60)
+    run.section("training speed, all savers", functools.partial(section_speed, rows="3"), limit_s=150, least_s=60)
+    failed = [name for name, section in run.results["sections"].items()
+              if section["status"] == "failed" or section.get("failed")]
+    print((run.out / "gpu-check.md").read_text())
+    sys.exit(1 if failed else 0)
+
+
+# ---------------------------------------------------------------------- sections
+
+
+def section_environment(run: Run, limit_s: float) -> dict:
+    return spawn("bench.gpu_check", ["--child", "environment"], threads=os.cpu_count() or 1, timeout=limit_s)
+
+
+def environment() -> dict:
+    """The machine and the stack, as this process sees them."""
+    import importlib.metadata
+    import platform
+
+    import torch
+
+    packages = ("torch", "diffusers", "transformers", "accelerate", "peft", "bitsandbytes", "safetensors",
+                "huggingface-hub", "numpy")
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    facts = {"python": platform.python_version(), "packages": versions, "cuda": torch.version.cuda}
+    if torch.cuda.is_available():
+        properties = torch.cuda.get_device_properties(0)
+        facts |= {
+            "gpu": properties.name, "gpu_memory_gib": round(properties.total_memory / GIB, 1),
+            "capability": f"{properties.major}.{properties.minor}", "bf16": torch.cuda.is_bf16_supported(),
+        }
+    else:
+        facts["gpu"] = None
+    return facts
+
+
+def section_tests(run: Run, limit_s: float) -> dict:
+    report = run.out / "gpu-tests.xml"
+    arguments = [
+        sys.executable, "-m", "pytest", "tests/worker/dreambooth/test_gpu.py", "-m", "gpu", "-q",
+        # note: the confcutdir keeps the suites' database fixtures (tests/conftest.py) out: no Postgres here
+        "--confcutdir", "tests/worker/dreambooth", "-p", "no:cacheprovider", "--junitxml", str(report),
+    ]
+    env = {"GPU_CHECK_DRY_RUN": "1"} if run.args.dry_run else {}
+    failure = None
+    try:
+        run.command(arguments, limit_s, env)
+    except RuntimeError as exc:
+        failure = str(exc)
+    counts = _junit_counts(report)
+    if failure and not counts.get("failed"):
+        raise RuntimeError(failure)
+    return counts
+
+
+def section_planner(run: Run, limit_s: float) -> dict:
+    cards = {}
+    started = time.monotonic()
+    for index, card in enumerate(CARDS):
+        left = limit_s - (time.monotonic() - started)
+        arguments = ["--child", "planner", "--card", card, "--work-dir", str(run.work)]
+        if run.args.dry_run:
+            arguments.append("--dry-run")
+        if index == 0:
+            arguments.append("--full-job")
+        cards[card] = spawn("bench.gpu_check", arguments, threads=os.cpu_count() or 1, timeout=left)
+    run.tables["memory planner"] = planner_table(cards)
+    return {"cards": cards}
+
+
+def section_memory_goals(run: Run, limit_s: float) -> dict:
+    sizes = run.sizes
+    measured, table = run.bench("bench.memory_goals", [
+        "--device", sizes.device, "--size", sizes.model, "--resolution", str(sizes.resolution), "--steps", "2",
+        "--work-dir", str(run.work), *(["--mixed-precision", "bf16"] if run.args.dry_run else []),
+    ], limit_s)
+    run.tables["memory goals"] = table
+    return {"configurations": measured}
+
+
+def section_lora(run: Run, limit_s: float) -> dict:
+    sizes = run.sizes
+    measured, table = run.bench("bench.lora_memory", [
+        "--device", sizes.device, "--size", sizes.model, "--resolution", str(sizes.resolution), "--batch-size", "1",
+        "--steps", "5", "--mixed-precision", "bf16" if run.args.dry_run else "fp16", "--work-dir", str(run.work),
+    ], limit_s)
+    run.tables["lora memory"] = table
+    return {"methods": measured}
+
+
+def section_speed(run: Run, limit_s: float, rows: str) -> dict:
+    sizes = run.sizes
+    measured, table = run.bench("bench.train_speed", [
+        "--device", sizes.device, "--size", sizes.model, "--resolution", str(sizes.resolution), "--batch-size", "1",
+        "--mixed-precision", "bf16" if run.args.dry_run else "fp16", "--rows", rows, "--no-cache-hit",
+        "--steps", str(sizes.speed_steps), "--warmup", str(sizes.speed_warmup), "--class-images", "4",
+        "--work-dir", str(run.work),
+    ], limit_s)
+    run.tables[f"training speed, rows {rows}"] = table
+    return measured
+
+
+# ---------------------------------------------------------------------- the memory planner on an emulated card
+
+
+def planner_card(args: argparse.Namespace) -> dict:
+    """Three jobs in one process, as a worker runs them: auto, none (out of memory), and auto again."""
+    import torch
+
+    from worker.dreambooth.components import ComponentCache
+
+    sizes = Sizes.for_run(args.dry_run)
+    allowed = None
+    if sizes.device == "cuda":
+        allowed = CARDS[args.card] * GIB
+        torch.cuda.set_per_process_memory_fraction(allowed / torch.cuda.get_device_properties(0).total_memory)
+    models = ComponentCache()
+    jobs = [
+        planner_job(args, sizes, models, "auto", "auto", stop=True),
+        # note: on the CPU no card runs out, so the dry run simulates the error where the GPU would raise it
+        planner_job(args, sizes, models, "none", "none", stop=True, simulate_oom=args.dry_run),
+        planner_job(args, sizes, models, "next job", "auto", stop=not args.full_job),
+    ]
+    return {"allowed_gib": CARDS[args.card] if allowed else None, "settings": CARD_SETTINGS[args.card], "jobs": jobs}
+
+
+def planner_job(args, sizes: Sizes, models, name: str, profile: str, stop: bool, simulate_oom: bool = False) -> dict:
+    import torch
+
+    from worker.dreambooth.config import TrainConfig
+    from worker.dreambooth.errors import JobError
+    from worker.dreambooth.train import train
+
+    if sizes.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    work = args.work_dir / f"planner-{args.card.split()[0]}"
+    steps: list[float] = []
+    plans = []
+
+    def on_progress(progress) -> None:
+        if progress.phase == "training":
+            steps.append(time.perf_counter())
+            if simulate_oom:
+                raise torch.cuda.OutOfMemoryError("simulated: CUDA out of memory")
+
+    config = TrainConfig(
+        **CARD_SETTINGS[args.card],
+        base_model=f"builtin:{sizes.model}", models_dir=args.work_dir, device=sizes.device,
+        instance_images=drawn_photos(work / "photos", sizes.resolution, aspect=4 / 3),
+        instance_prompt="a photo of rufus toy", output_dir=work / name.replace(" ", "-"), cache_dir=work / "cache",
+        resolution=sizes.resolution, max_train_steps=sizes.planner_steps + 1, seed=0, memory_profile=profile,
+        checkpointing_steps=None, validation_steps=10**6, validation_prompts=("a photo of rufus toy",),
+        validation_inference_steps=10,
+    )
+    started = time.perf_counter()
+    outcome: dict = {"job": name, "memory_profile": profile}
+    try:
+        result = train(config, on_progress, should_stop=lambda: stop and len(steps) > sizes.planner_steps,
+                       models=models, on_memory_plan=plans.append)
+        outcome["outcome"] = "stopped after the timed steps" if result.stopped else "succeeded"
+        outcome["exports"] = sorted(result.checkpoints)
+    except JobError as error:
+        outcome |= {"outcome": "failed", "error": {"code": error.code, "message": error.message}}
+    outcome |= {
+        "plan": plans[0].as_dict() if plans else None,
+        "steps": len(steps),
+        "s_per_step": (steps[-1] - steps[0]) / (len(steps) - 1) if len(steps) > 1 else None,
+        "peak_gib": peak_memory_mb(sizes.device) / 1024,
+        "after_gib": memory_now_mb(sizes.device) / 1024,
+        "seconds": time.perf_counter() - started,
+    }
+    return outcome
+
+
+# ---------------------------------------------------------------------- reports
+
+
+def summary(results: dict) -> list[dict]:
+    """The figures the project claims, each against its goal: [{figure, measured, goal, met}]."""
+    sections = results["sections"]
+    lines = []
+
+    def add(figure: str, measured: float | None, goal: str, met: bool | None) -> None:
+        lines.append({"figure": figure, "measured": measured, "goal": goal, "met": met})
+
+    goals = sections.get("memory goals", {}).get("configurations", {})
+    for name, key in (("UNet only", "full_unet_8bit_gb"), ("+ text encoder", "full_text_encoder_8bit_gb")):
+        if name in goals:
+            peak = goals[name]["peak_mb"] * 2**20
+            add(f"full fine-tuning, {name}, 8-bit Adam + fp16 + checkpointing: peak GB", round(peak / GB, 2),
+                f"under {GOALS[key]} GB", peak < GOALS[key] * GB)
+    lora = sections.get("lora memory", {}).get("methods", {})
+    if "lora" in lora:
+        peak = lora["lora"]["peak_mb"] * 2**20
+        add("LoRA rank 4, UNet, fp16: peak GB", round(peak / GB, 2), f"under {GOALS['lora_gb']} GB",
+            peak < GOALS["lora_gb"] * GB)
+    rows = {
+        row["configuration"]: row
+        for name in ("training speed", "training speed, all savers")
+        for row in sections.get(name, {}).get("rows", [])
+    }
+    if "UNet only" in rows:
+        ours, reference = rows["UNet only"]["ours"]["steps_per_s"], rows["UNet only"]["reference"]["steps_per_s"]
+        add("UNet only, fp16, batch 1, no checkpointing: steps/s", round(ours, 2),
+            f"at least {GOALS['unet_steps_per_s']} (H100)", ours >= GOALS["unet_steps_per_s"])
+        add("ours / reference loop, UNet only", round(ours / reference, 2), f"at least {GOALS['speed_up']}x",
+            ours / reference >= GOALS["speed_up"])
+    if "+ 8-bit Adam" in rows:
+        ours, reference = rows["+ 8-bit Adam"]["ours"]["steps_per_s"], rows["+ 8-bit Adam"]["reference"]["steps_per_s"]
+        add("ours / reference loop, + prior preservation, text encoder, 8-bit Adam", round(ours / reference, 2),
+            f"at least {GOALS['speed_up']}x", ours / reference >= GOALS["speed_up"])
+    for card, measured in sections.get("memory planner", {}).get("cards", {}).items():
+        outcomes = [job["outcome"] for job in measured["jobs"]]
+        met = (outcomes[0] != "failed" and outcomes[1] == "failed"
+               and measured["jobs"][1]["error"]["code"] == "out_of_memory" and outcomes[2] != "failed")
+        add(f"{card} card: auto trains, none runs out of memory, the next job trains", None,
+            "auto / out_of_memory / next job", met)
+    return lines
+
+
+def markdown(results: dict, tables: dict[str, str]) -> str:
+    environment = results["sections"].get("environment", {})
+    packages = environment.get("packages", {})
+    lines = [
+        "## GPU check" + (" (dry run on the CPU)" if results["dry_run"] else ""),
+        "",
+        f"- machine: {environment.get('gpu') or 'no GPU'}"
+        + (f", {environment['gpu_memory_gib']} GiB" if environment.get("gpu_memory_gib") else ""),
+        f"- date: {results['date']}",
+        f"- command: `{results['command']}`",
+        "- stack: " + ", ".join(f"{name} {version}" for name, version in packages.items() if version)
+        + (f", Python {environment['python']}, CUDA {environment['cuda']}" if environment.get("python") else ""),
+        "",
+        "| section | status | seconds |",
+        "| --- | --- | ---: |",
+    ]
+    for name, section in results["sections"].items():
+        status = section["status"]
+        if name == "gpu tests" and status == "ok":
+            status = f"{section.get('passed', 0)} passed, {section.get('failed', 0)} failed, " \
+                     f"{section.get('skipped', 0)} skipped"
+        elif status != "ok":
+            status += ": " + " ".join(str(section.get("error") or section.get("why")).split())[:200]
+        lines.append(f"| {name} | {status} | {section['seconds']:.0f} |")
+    lines += ["", "| figure | measured | goal | met |", "| --- | ---: | --- | --- |"]
+    for line in results.get("summary", []):
+        met = {True: "yes", False: "**no**", None: "n/a"}[line["met"]]
+        measured = "" if line["measured"] is None else line["measured"]
+        lines.append(f"| {line['figure']} | {measured} | {line['goal']} | {met} |")
+    for name, table in tables.items():
+        lines += ["", f"### {name}", "", table]
+    return "\n".join(lines) + "\n"
+
+
+def planner_table(cards: dict) -> str:
+    lines = [
+        "| card | job | memory_profile | plan | outcome | steps | s/step | peak GiB |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: |",
+    ]
+    for card, measured in cards.items():
+        for job in measured["jobs"]:
+            plan = job["plan"] or {}
+            changes = ", ".join(f"{key}={value}" for key, value in plan.get("changes", {}).items()) or "no changes"
+            outcome = job["outcome"] + (f" ({job['error']['code']})" if job.get("error") else "")
+            per_step = f"{job['s_per_step']:.2f}" if job["s_per_step"] else ""
+            lines.append(
+                f"| {card} | {job['job']} | {job['memory_profile']} | {plan.get('profile')}: {changes} | {outcome} "
+                f"| {job['steps']} | {per_step} | {job['peak_gib']:.2f} |"
+            )
+    advice = next((job["error"]["message"] for m in cards.values() for job in m["jobs"] if job.get("error")), None)
+    if advice:
+        lines += ["", f"The out-of-memory message: \"{advice}\""]
+    return "\n".join(lines)
+
+
+def child_environment(extra: dict | None = None) -> dict:
+    """This process's environment for a child: offline, with the repository importable."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path, **(extra or {})}
+
+
+def _junit_counts(report: Path) -> dict:
+    import xml.etree.ElementTree as ElementTree
+
+    if not report.exists():
+        return {}
+    suite = ElementTree.parse(report).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    tests, failures, errors, skipped = (int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped"))
+    failed_names = [case.get("name") for case in suite.iter("testcase")
+                    if case.find("failure") is not None or case.find("error") is not None]
+    return {"passed": tests - failures - errors - skipped, "failed": failures + errors, "skipped": skipped,
+            "failed_tests": failed_names}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _text(output: str | bytes | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+
+
+if __name__ == "__main__":
+    main()

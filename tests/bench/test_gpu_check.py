@@ -1,0 +1,48 @@
+"""The GPU acceptance run's dry run: the same code paths on the CPU, so scripts/gpu-check cannot rot."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SECTIONS = [
+    "environment", "gpu tests", "memory goals", "training speed", "lora memory", "memory planner",
+    "training speed, all savers",
+]
+
+
+def test_the_dry_run_brings_back_every_section_and_figure(tmp_path: Path):
+    out = tmp_path / "out"
+    done = subprocess.run(
+        ["scripts/gpu-check", "--dry-run", "--out", str(out), "--work-dir", str(tmp_path / "work")],
+        cwd=ROOT, env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert sorted(path.name for path in out.iterdir()) == [
+        "gpu-check.json", "gpu-check.log", "gpu-check.md", "gpu-tests.xml"
+    ]
+    results = json.loads((out / "gpu-check.json").read_text())
+    sections = results["sections"]
+    assert list(sections) == SECTIONS
+    assert {name: section["status"] for name, section in sections.items()} == dict.fromkeys(SECTIONS, "ok")
+    assert results["dry_run"] and sections["environment"]["gpu"] is None
+
+    tests = sections["gpu tests"]
+    assert (tests["passed"], tests["failed"], tests["skipped"]) == (5, 0, 0)
+
+    for card, measured in sections["memory planner"]["cards"].items():
+        auto, none, following = measured["jobs"]
+        assert auto["outcome"] == "stopped after the timed steps" and auto["plan"]["profile"] == "cpu", card
+        assert none["outcome"] == "failed" and none["error"]["code"] == "out_of_memory", card
+        assert "training_method lora" in none["error"]["message"]
+        assert following["outcome"] in ("succeeded", "stopped after the timed steps"), card
+    assert sections["memory planner"]["cards"]["12 GB"]["jobs"][2]["exports"] == ["fp16", "fp32"]
+
+    figures = [line["figure"] for line in results["summary"]]
+    assert len(figures) == 8 and all(line["measured"] is not None for line in results["summary"][:6])
+    markdown = (out / "gpu-check.md").read_text()
+    assert "## GPU check (dry run on the CPU)" in markdown
+    for table in ("### memory goals", "### lora memory", "### memory planner", "### training speed, rows 0"):
+        assert table in markdown

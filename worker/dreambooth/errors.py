@@ -1,0 +1,36 @@
+"""Failures a user can act on, with a stable code: what the core raises and the worker records on a job."""
+
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+TRAINING_OUT_OF_MEMORY = (
+    "The GPU ran out of memory. Set memory_profile to auto, or turn on use_8bit_adam, gradient_checkpointing and "
+    "mixed_precision fp16; lower train_batch_size (raising gradient_accumulation_steps instead), resolution or "
+    "sample_batch_size; turn off train_text_encoder; or train with training_method lora, which needs far less."
+)
+
+
+class JobError(Exception):
+    """A failure with a stable code (`out_of_memory`, `storage_error`, ...) and a message the user can act on."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def out_of_memory_as_error(run: Callable[[], T], message: str) -> T:
+    """run(); a CUDA out-of-memory error becomes JobError("out_of_memory", message), with the GPU memory the
+    failed run held handed back, so the process can take the next job."""
+    import torch
+    from diffusers.training_utils import free_memory
+
+    try:
+        return run()
+    except torch.cuda.OutOfMemoryError:
+        pass
+    # note: only now, outside the except block, are the error's frames (and the tensors they hold) gone
+    free_memory()
+    raise JobError("out_of_memory", message)
