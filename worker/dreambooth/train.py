@@ -286,7 +286,8 @@ def _gpu_memory(device: torch.device) -> int | None:
     if device.type != "cuda":
         return None
     total = torch.cuda.get_device_properties(device).total_memory
-    return int(total * torch.cuda.get_per_process_memory_fraction(device))
+    # note: the fraction wants an index (None: the current device), not a bare torch.device("cuda")
+    return int(total * torch.cuda.get_per_process_memory_fraction(device.index))
 
 
 def _accelerator(config: TrainConfig, device: torch.device) -> Accelerator:
