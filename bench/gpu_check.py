@@ -25,14 +25,17 @@ section, so a run cut short still brings back what it measured. `--dry-run` uses
 """
 
 import argparse
-import functools
+import concurrent.futures
 import json
 import os
+import secrets
 import shlex
 import subprocess
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +96,30 @@ class Sizes:
 # ---------------------------------------------------------------------- the run
 
 
+@dataclass(frozen=True)
+class Section:
+    name: str
+    function: Callable  # (run, limit_s) -> the section's results
+    limit_s: float  # at most this long
+    least_s: float  # not started with less of the budget left
+    needs_model: bool = True  # waits for the builtin model of the run's size
+    exclusive: bool = False  # times steps: runs with nothing else on the machine
+
+
+SECTIONS = [
+    Section("environment", lambda run, limit: section_environment(run, limit), 60, 10, needs_model=False),
+    # note: peak memory is per process (torch.cuda.max_memory_allocated, a per-process memory fraction), so
+    # these run side by side on the one GPU; only the speed sections need the machine to themselves
+    Section("gpu tests", lambda run, limit: section_tests(run, limit), 240, 30, needs_model=False),
+    Section("memory planner", lambda run, limit: section_planner(run, limit), 300, 60),
+    Section("memory goals", lambda run, limit: section_memory_goals(run, limit), 200, 40),
+    Section("lora memory", lambda run, limit: section_lora(run, limit), 200, 30),
+    Section("training speed", lambda run, limit: section_speed(run, limit, rows="0"), 120, 40, exclusive=True),
+    Section("training speed, all savers", lambda run, limit: section_speed(run, limit, rows="3"), 180, 60,
+            exclusive=True),
+]
+
+
 class Run:
     """The sections' results and outputs, written to the output folder after every section."""
 
@@ -109,56 +136,85 @@ class Run:
             "sections": {},
         }
         self.tables: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._model = threading.Event()
         (self.out / "gpu-check.log").write_text("")
 
-    def section(self, name: str, function, limit_s: float, least_s: float) -> None:
+    def run_all(self, sections: list[Section]) -> None:
+        """The sections that share the machine side by side, then the exclusive ones one at a time."""
+        if any(section.needs_model for section in sections):
+            threading.Thread(target=self._make_model, daemon=True).start()
+        shared = [section for section in sections if not section.exclusive]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(shared))) as pool:
+            for future in [pool.submit(self.section, section) for section in shared]:
+                future.result()
+        for section in sections:
+            if section.exclusive:
+                self.section(section)
+
+    def section(self, section: Section) -> None:
         """Run one section within min(limit_s, the time left); skip it when less than least_s is left."""
+        if section.needs_model:
+            self._model.wait()
         left = self.deadline - time.monotonic()
         started = time.monotonic()
-        if left < least_s:
-            self.results["sections"][name] = {"status": "skipped", "why": f"{left:.0f} s of the budget left"}
+        if left < section.least_s:
+            outcome = {"status": "skipped", "why": f"{left:.0f} s of the budget left"}
         else:
-            self.log(f"== {name} (limit {min(limit_s, left):.0f} s)")
+            limit = min(section.limit_s, left)
+            self.log(f"== {section.name} (limit {limit:.0f} s)")
             try:
-                result = function(self, min(limit_s, left))
-                self.results["sections"][name] = {"status": "ok", **result}
+                outcome = {"status": "ok", **section.function(self, limit)}
             except Exception as exc:
-                detail = "".join(traceback.format_exception(exc))
-                self.log(detail)
-                self.results["sections"][name] = {"status": "failed", "error": str(exc)[-4000:]}
-        self.results["sections"][name]["seconds"] = round(time.monotonic() - started, 1)
-        print(f"{name}: {self.results['sections'][name]['status']} in {time.monotonic() - started:.0f} s", flush=True)
-        self.write()
+                self.log(f"== {section.name} failed\n" + "".join(traceback.format_exception(exc)))
+                outcome = {"status": "failed", "error": str(exc)[-4000:]}
+        outcome["seconds"] = round(time.monotonic() - started, 1)
+        print(f"{section.name}: {outcome['status']} in {outcome['seconds']:.0f} s", flush=True)
+        with self._lock:
+            self.results["sections"][section.name] = outcome
+            self.write()
+
+    def _make_model(self) -> None:
+        """The builtin model of the run's size, made once before the sections that train it start."""
+        try:
+            make = f"from pathlib import Path; from bench.common import builtin_model; " \
+                   f"builtin_model(Path({str(self.work)!r}), {self.sizes.model!r})"
+            self.command([sys.executable, "-c", make], limit_s=300)
+        finally:
+            self._model.set()
 
     def command(self, arguments: list[str], limit_s: float, env: dict | None = None) -> str:
         """Run a command from the repository root; its output goes to the log. Raises if it fails."""
-        self.log("$ " + shlex.join(arguments))
+        started = time.monotonic()
         try:
             done = subprocess.run(
                 arguments, cwd=REPO, env=child_environment(env), capture_output=True, text=True, timeout=limit_s,
                 check=False,
             )
         except subprocess.TimeoutExpired as timeout:
-            self.log(_text(timeout.stdout) + _text(timeout.stderr))
+            self.log(f"$ {shlex.join(arguments)}\n{_text(timeout.stdout)}{_text(timeout.stderr)}")
             raise RuntimeError(f"timed out after {limit_s:.0f} s") from None
-        self.log(done.stdout + done.stderr)
+        took = time.monotonic() - started
+        self.log(f"$ {shlex.join(arguments)}  ({took:.0f} s, exit status {done.returncode})\n{done.stdout}{done.stderr}")
         if done.returncode:
             raise RuntimeError(f"exit status {done.returncode}: {(done.stdout + done.stderr)[-2000:]}")
         return done.stdout
 
     def bench(self, module: str, arguments: list[str], limit_s: float) -> tuple[dict, str]:
         """Run a benchmark module with --json; its measurements and its Markdown report."""
-        path = self.work / f"{module.rsplit('.', 1)[-1]}.json"
+        path = self.work / f"{module.rsplit('.', 1)[-1]}-{secrets.token_hex(4)}.json"
         path.unlink(missing_ok=True)
         stdout = self.command([sys.executable, "-m", module, *arguments, "--json", str(path)], limit_s)
         table = stdout[stdout.index("- machine:"):] if "- machine:" in stdout else stdout
         return json.loads(path.read_text()), table.strip()
 
     def log(self, text: str) -> None:
-        with (self.out / "gpu-check.log").open("a") as log:
+        with self._lock, (self.out / "gpu-check.log").open("a") as log:
             log.write(text.rstrip() + "\n")
 
     def write(self) -> None:
+        ordered = {name: self.results["sections"][name] for name in _names() if name in self.results["sections"]}
+        self.results["sections"] = ordered
         self.results["summary"] = summary(self.results)
         _write_atomic(self.out / "gpu-check.json", json.dumps(self.results, indent=2))
         _write_atomic(self.out / "gpu-check.md", markdown(self.results, self.tables))
@@ -169,7 +225,9 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="the CPU, the tiny model, a simulated OOM")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "gpu-check-out"))
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR.with_name("dreambooth-gpu-check"))
-    parser.add_argument("--budget-s", type=float, default=450, help="stop starting sections after this long")
+    parser.add_argument("--budget-s", type=float, default=420, help="start no section after this long")
+    parser.add_argument("--only", type=lambda text: text.split(","), default=_names(), metavar="NAME,NAME",
+                        help="run only these sections: " + ", ".join(_names()))
     parser.add_argument("--child", choices=["environment", "planner"], help=argparse.SUPPRESS)
     parser.add_argument("--card", choices=list(CARDS), help=argparse.SUPPRESS)
     parser.add_argument("--full-job", action="store_true", help=argparse.SUPPRESS)
@@ -180,26 +238,20 @@ def main() -> None:
     if args.child == "planner":
         print_result(planner_card(args))
         return
+    unknown = set(args.only) - set(_names())
+    if unknown:
+        parser.error(f"no section named {', '.join(sorted(unknown))}")
 
     run = Run(args)
-    if not args.dry_run:
-        # note: the full-size model is made while the tests run (it takes the CPU, they take the GPU)
-        make = f"from pathlib import Path; from bench.common import builtin_model; builtin_model(Path({str(run.work)!r}), 'full')"
-        maker = subprocess.Popen([sys.executable, "-c", make], cwd=REPO, env=child_environment())
-    run.section("environment", section_environment, limit_s=60, least_s=10)
-    run.section("gpu tests", section_tests, limit_s=180, least_s=30)
-    if not args.dry_run:
-        maker.wait()
-    # note: the goals' figures first; the slower checks after them, so a short budget still brings those back
-    run.section("memory goals", section_memory_goals, limit_s=120, least_s=40)
-    run.section("training speed", functools.partial(section_speed, rows="0"), limit_s=100, least_s=40)
-    run.section("lora memory", section_lora, limit_s=90, least_s=30)
-    run.section("memory planner", section_planner, limit_s=240, least_s=60)
-    run.section("training speed, all savers", functools.partial(section_speed, rows="3"), limit_s=150, least_s=60)
+    run.run_all([section for section in SECTIONS if section.name in args.only])
     failed = [name for name, section in run.results["sections"].items()
               if section["status"] == "failed" or section.get("failed")]
     print((run.out / "gpu-check.md").read_text())
     sys.exit(1 if failed else 0)
+
+
+def _names() -> list[str]:
+    return [section.name for section in SECTIONS]
 
 
 # ---------------------------------------------------------------------- sections
@@ -242,6 +294,7 @@ def section_tests(run: Run, limit_s: float) -> dict:
         sys.executable, "-m", "pytest", "tests/worker/dreambooth/test_gpu.py", "-m", "gpu", "-q",
         # note: the confcutdir keeps the suites' database fixtures (tests/conftest.py) out: no Postgres here
         "--confcutdir", "tests/worker/dreambooth", "-p", "no:cacheprovider", "--junitxml", str(report),
+        "--durations", "0",
     ]
     env = {"GPU_CHECK_DRY_RUN": "1"} if run.args.dry_run else {}
     failure = None
@@ -256,16 +309,17 @@ def section_tests(run: Run, limit_s: float) -> dict:
 
 
 def section_planner(run: Run, limit_s: float) -> dict:
-    cards = {}
-    started = time.monotonic()
-    for index, card in enumerate(CARDS):
-        left = limit_s - (time.monotonic() - started)
+    def card_run(card: str) -> dict:
         arguments = ["--child", "planner", "--card", card, "--work-dir", str(run.work)]
         if run.args.dry_run:
             arguments.append("--dry-run")
-        if index == 0:
-            arguments.append("--full-job")
-        cards[card] = spawn("bench.gpu_check", arguments, threads=os.cpu_count() or 1, timeout=left)
+        if card == next(iter(CARDS)):
+            arguments.append("--full-job")  # note: one card runs its last job to the end: samples and exports
+        return spawn("bench.gpu_check", arguments, threads=os.cpu_count() or 1, timeout=limit_s)
+
+    # note: each card is its own process with its own memory fraction, so they run side by side
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(CARDS)) as pool:
+        cards = dict(zip(CARDS, pool.map(card_run, CARDS), strict=True))
     run.tables["memory planner"] = planner_table(cards)
     return {"cards": cards}
 

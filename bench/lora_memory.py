@@ -111,7 +111,11 @@ def measure_core(args) -> dict:
         resolution=args.resolution, train_batch_size=args.batch_size, learning_rate=1e-4,
         training_method=args.child, lora_rank=args.rank, mixed_precision=args.mixed_precision, device=args.device,
     )
-    return {"peak_mb": peak_memory_mb(args.device), "s_per_step": statistics.median(times[1:] or times)}
+    return {
+        "peak_mb": peak_memory_mb(args.device),
+        "s_per_step": statistics.median(times[1:] or times),
+        "first_step_s": times[0],  # note: loading, copying and caching included
+    }
 
 
 FORWARDED = (

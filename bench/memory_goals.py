@@ -67,7 +67,11 @@ def measure(args) -> dict:
         mixed_precision=args.mixed_precision, gradient_checkpointing=True, device=args.device, **settings,
     )
     # note: the first step also builds the 8-bit state
-    result = {"s_per_step": statistics.median(times[1:]), "peak_mb": peak_memory_mb(args.device)}
+    result = {
+        "s_per_step": statistics.median(times[1:]),
+        "peak_mb": peak_memory_mb(args.device),
+        "first_step_s": times[0],  # note: loading, copying and caching included
+    }
     if args.device == "cpu":
         result["baseline_mb"] = baseline
     return result

@@ -1,7 +1,6 @@
 """Training speed and memory of the Dreambooth core, against a re-implementation of diffusers' script.
 
     python -m bench.train_speed                       # CPU: builtin small model, 128 px, batch 2
-    python -m bench.train_speed --write bench/RESULTS.md
     python -m bench.train_speed --device cuda --size full --resolution 512 --mixed-precision fp16
     python -m bench.train_speed --rows 0,3 --no-cache-hit   # only some configurations, no end-to-end jobs
 
@@ -353,7 +352,6 @@ def main() -> None:
                         help="also time two prior-preservation jobs end to end (class-image cache)")
     parser.add_argument("--e2e-class-images", type=int, default=32, help="class images for the cache-hit jobs")
     parser.add_argument("--e2e-steps", type=int, default=20, help="training steps of the cache-hit jobs")
-    parser.add_argument("--write", help="also write the report to this markdown file")
     parser.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--config", type=int, help=argparse.SUPPRESS)
@@ -379,8 +377,6 @@ def main() -> None:
     e2e = spawn_child(args, "cache-hit") if args.cache_hit else None
     text = report(args, rows, classes, e2e, command)
     print(text)
-    if args.write:
-        Path(args.write).write_text(f"# Training benchmark\n\n{__doc__.strip()}\n\n## Results\n\n{text}\n")
     if args.json:
         rows_json = [{"configuration": name, "ours": ours, "reference": reference} for name, ours, reference in rows]
         args.json.write_text(json.dumps({"rows": rows_json, "class_images": classes, "cache_hit": e2e}, indent=2))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = [
-    "environment", "gpu tests", "memory goals", "training speed", "lora memory", "memory planner",
+    "environment", "gpu tests", "memory planner", "memory goals", "lora memory", "training speed",
     "training speed, all savers",
 ]
 
@@ -42,7 +42,21 @@ def test_the_dry_run_brings_back_every_section_and_figure(tmp_path: Path):
 
     figures = [line["figure"] for line in results["summary"]]
     assert len(figures) == 8 and all(line["measured"] is not None for line in results["summary"][:6])
+    assert all(line["met"] is not None for line in results["summary"])
     markdown = (out / "gpu-check.md").read_text()
     assert "## GPU check (dry run on the CPU)" in markdown
     for table in ("### memory goals", "### lora memory", "### memory planner", "### training speed, rows 0"):
         assert table in markdown
+
+
+def test_only_runs_the_sections_named(tmp_path: Path):
+    out = tmp_path / "out"
+    done = subprocess.run(
+        ["scripts/gpu-check", "--dry-run", "--only", "environment", "--out", str(out), "--work-dir", str(tmp_path)],
+        cwd=ROOT, env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list(json.loads((out / "gpu-check.json").read_text())["sections"]) == ["environment"]
+    wrong = subprocess.run(["scripts/gpu-check", "--dry-run", "--only", "nonsense"], cwd=ROOT,
+                           env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True)
+    assert wrong.returncode == 2 and "no section named nonsense" in wrong.stderr
