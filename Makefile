@@ -6,13 +6,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv services chromium clean
+.PHONY: run test lint format venv services chromium clean
 
 run: $(STAMP)
 	$(BIN)/dreambooth serve
 
-test: $(STAMP) chromium
+test: lint chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Style is settled by ruff (configured in pyproject.toml); `make format` applies it.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 venv: $(STAMP)
 

@@ -3,10 +3,10 @@
 from logging.config import fileConfig
 from pathlib import Path
 
-from alembic import context
 from sqlalchemy import create_engine, pool
 from sqlalchemy.engine import make_url
 
+from alembic import context
 from backend.models import Base, UTCDateTime
 from backend.settings import get_settings
 

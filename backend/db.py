@@ -10,7 +10,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from backend.settings import get_settings
 
-
 POOL_SIZE, POOL_OVERFLOW = 10, 20
 # API requests let through at once (backend/bulkhead.py): fewer than the pool's connections.
 MAX_CONCURRENT_REQUESTS = POOL_SIZE + POOL_OVERFLOW - 10

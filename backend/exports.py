@@ -357,7 +357,7 @@ def write_safetensors(source: Path, target: IO[bytes], dtype: Dtype) -> None:
 
 
 def write_tensors(target: IO[bytes], tensors: list[Tensor], metadata: dict[str, str] | None) -> None:
-    """Write a .safetensors file, reading one tensor at a time: a UNet is gigabytes, and this runs in the API process."""
+    """Write a .safetensors file one tensor at a time: a UNet is gigabytes, and this runs in the API process."""
     # note: widest types first (as safetensors itself writes), so every tensor stays aligned in the file
     tensors = sorted(tensors, key=lambda tensor: (-np.dtype(NUMPY_TYPES[tensor.kind]).itemsize, tensor.name))
     header: dict = {"__metadata__": metadata} if metadata else {}

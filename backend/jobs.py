@@ -199,9 +199,7 @@ def request_cancel(session: Session, owner: User, job_id: uuid.UUID) -> Job:
         .where(Job.id == job.id, Job.status == JobStatus.queued)
         .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=now, phase=None)
     )
-    session.execute(
-        update(Job).where(Job.id == job.id, Job.status == JobStatus.running).values(cancel_requested=True)
-    )
+    session.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.running).values(cancel_requested=True))
     session.commit()
     session.refresh(job)
     return job

@@ -21,9 +21,7 @@ ERROR_RESPONSES = {"4XX": {"model": ErrorResponse, "description": "An error the 
 
 def create_app() -> FastAPI:
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = FastAPI(
         title="Dreambooth Studio",
         summary="Teach Stable Diffusion a subject from a few photos, then download the checkpoint.",

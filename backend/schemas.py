@@ -102,7 +102,8 @@ class TrainingSettings(BaseModel):
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA adapters' input")
 
     validation_prompts: list[Prompt] = Field(
-        default_factory=list, max_length=8,
+        default_factory=list,
+        max_length=8,
         description="Prompts sampled during training; default: the instance prompt and three new contexts",
     )
     num_validation_images: int = Field(1, ge=1, le=8, description="Images per validation prompt, seeds fixed")

@@ -113,9 +113,18 @@ def timed_core_steps(work: Path, model: Path, steps: int, output: str, **setting
             last[0] = now
 
     config = TrainConfig(
-        base_model=str(model), instance_images=photos, instance_prompt="a photo of sks toy",
-        output_dir=work / output, models_dir=work, center_crop=True, max_train_steps=steps + 1, seed=0,
-        memory_profile="none", checkpointing_steps=None, validation_steps=10**6, **settings,
+        base_model=str(model),
+        instance_images=photos,
+        instance_prompt="a photo of sks toy",
+        output_dir=work / output,
+        models_dir=work,
+        center_crop=True,
+        max_train_steps=steps + 1,
+        seed=0,
+        memory_profile="none",
+        checkpointing_steps=None,
+        validation_steps=10**6,
+        **settings,
     )
     train(config, on_progress=on_progress, should_stop=lambda: len(times) >= steps)
     return times

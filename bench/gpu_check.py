@@ -42,7 +42,6 @@ from pathlib import Path
 from bench.common import (
     DEFAULT_WORK_DIR,
     REPO,
-    builtin_model,
     drawn_photos,
     memory_now_mb,
     peak_memory_mb,
@@ -62,8 +61,13 @@ CARDS = {"12 GB": 11.2, "16 GB": 15.2}
 CARD_SETTINGS = {
     "12 GB": {"learning_rate": 2e-6, "train_batch_size": 4},
     "16 GB": {
-        "learning_rate": 1e-6, "train_batch_size": 2, "train_text_encoder": True, "with_prior_preservation": True,
-        "class_prompt": "a photo of a person", "num_class_images": 4, "class_inference_steps": 10,
+        "learning_rate": 1e-6,
+        "train_batch_size": 2,
+        "train_text_encoder": True,
+        "with_prior_preservation": True,
+        "class_prompt": "a photo of a person",
+        "num_class_images": 4,
+        "class_inference_steps": 10,
     },
 }
 GOALS = {
@@ -115,8 +119,9 @@ SECTIONS = [
     Section("memory goals", lambda run, limit: section_memory_goals(run, limit), 200, 40),
     Section("lora memory", lambda run, limit: section_lora(run, limit), 200, 30),
     Section("training speed", lambda run, limit: section_speed(run, limit, rows="0"), 120, 40, exclusive=True),
-    Section("training speed, all savers", lambda run, limit: section_speed(run, limit, rows="3"), 180, 60,
-            exclusive=True),
+    Section(
+        "training speed, all savers", lambda run, limit: section_speed(run, limit, rows="3"), 180, 60, exclusive=True
+    ),
 ]
 
 
@@ -177,8 +182,10 @@ class Run:
     def _make_model(self) -> None:
         """The builtin model of the run's size, made once before the sections that train it start."""
         try:
-            make = f"from pathlib import Path; from bench.common import builtin_model; " \
-                   f"builtin_model(Path({str(self.work)!r}), {self.sizes.model!r})"
+            make = (
+                f"from pathlib import Path; from bench.common import builtin_model; "
+                f"builtin_model(Path({str(self.work)!r}), {self.sizes.model!r})"
+            )
             self.command([sys.executable, "-c", make], limit_s=300)
         finally:
             self._model.set()
@@ -188,14 +195,21 @@ class Run:
         started = time.monotonic()
         try:
             done = subprocess.run(
-                arguments, cwd=REPO, env=child_environment(env), capture_output=True, text=True, timeout=limit_s,
+                arguments,
+                cwd=REPO,
+                env=child_environment(env),
+                capture_output=True,
+                text=True,
+                timeout=limit_s,
                 check=False,
             )
         except subprocess.TimeoutExpired as timeout:
             self.log(f"$ {shlex.join(arguments)}\n{_text(timeout.stdout)}{_text(timeout.stderr)}")
             raise RuntimeError(f"timed out after {limit_s:.0f} s") from None
         took = time.monotonic() - started
-        self.log(f"$ {shlex.join(arguments)}  ({took:.0f} s, exit status {done.returncode})\n{done.stdout}{done.stderr}")
+        self.log(
+            f"$ {shlex.join(arguments)}  ({took:.0f} s, exit status {done.returncode})\n{done.stdout}{done.stderr}"
+        )
         if done.returncode:
             raise RuntimeError(f"exit status {done.returncode}: {(done.stdout + done.stderr)[-2000:]}")
         return done.stdout
@@ -205,7 +219,7 @@ class Run:
         path = self.work / f"{module.rsplit('.', 1)[-1]}-{secrets.token_hex(4)}.json"
         path.unlink(missing_ok=True)
         stdout = self.command([sys.executable, "-m", module, *arguments, "--json", str(path)], limit_s)
-        table = stdout[stdout.index("- machine:"):] if "- machine:" in stdout else stdout
+        table = stdout[stdout.index("- machine:") :] if "- machine:" in stdout else stdout
         return json.loads(path.read_text()), table.strip()
 
     def log(self, text: str) -> None:
@@ -226,8 +240,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "gpu-check-out"))
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR.with_name("dreambooth-gpu-check"))
     parser.add_argument("--budget-s", type=float, default=420, help="start no section after this long")
-    parser.add_argument("--only", type=lambda text: text.split(","), default=_names(), metavar="NAME,NAME",
-                        help="run only these sections: " + ", ".join(_names()))
+    parser.add_argument(
+        "--only",
+        type=lambda text: text.split(","),
+        default=_names(),
+        metavar="NAME,NAME",
+        help="run only these sections: " + ", ".join(_names()),
+    )
     parser.add_argument("--child", choices=["environment", "planner"], help=argparse.SUPPRESS)
     parser.add_argument("--card", choices=list(CARDS), help=argparse.SUPPRESS)
     parser.add_argument("--full-job", action="store_true", help=argparse.SUPPRESS)
@@ -244,8 +263,11 @@ def main() -> None:
 
     run = Run(args)
     run.run_all([section for section in SECTIONS if section.name in args.only])
-    failed = [name for name, section in run.results["sections"].items()
-              if section["status"] == "failed" or section.get("failed")]
+    failed = [
+        name
+        for name, section in run.results["sections"].items()
+        if section["status"] == "failed" or section.get("failed")
+    ]
     print((run.out / "gpu-check.md").read_text())
     sys.exit(1 if failed else 0)
 
@@ -268,8 +290,17 @@ def environment() -> dict:
 
     import torch
 
-    packages = ("torch", "diffusers", "transformers", "accelerate", "peft", "bitsandbytes", "safetensors",
-                "huggingface-hub", "numpy")
+    packages = (
+        "torch",
+        "diffusers",
+        "transformers",
+        "accelerate",
+        "peft",
+        "bitsandbytes",
+        "safetensors",
+        "huggingface-hub",
+        "numpy",
+    )
     versions = {}
     for name in packages:
         try:
@@ -280,8 +311,10 @@ def environment() -> dict:
     if torch.cuda.is_available():
         properties = torch.cuda.get_device_properties(0)
         facts |= {
-            "gpu": properties.name, "gpu_memory_gib": round(properties.total_memory / GIB, 1),
-            "capability": f"{properties.major}.{properties.minor}", "bf16": torch.cuda.is_bf16_supported(),
+            "gpu": properties.name,
+            "gpu_memory_gib": round(properties.total_memory / GIB, 1),
+            "capability": f"{properties.major}.{properties.minor}",
+            "bf16": torch.cuda.is_bf16_supported(),
         }
     else:
         facts["gpu"] = None
@@ -291,10 +324,22 @@ def environment() -> dict:
 def section_tests(run: Run, limit_s: float) -> dict:
     report = run.out / "gpu-tests.xml"
     arguments = [
-        sys.executable, "-m", "pytest", "tests/worker/dreambooth/test_gpu.py", "-m", "gpu", "-q",
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests/worker/dreambooth/test_gpu.py",
+        "-m",
+        "gpu",
+        "-q",
         # note: the confcutdir keeps the suites' database fixtures (tests/conftest.py) out: no Postgres here
-        "--confcutdir", "tests/worker/dreambooth", "-p", "no:cacheprovider", "--junitxml", str(report),
-        "--durations", "0",
+        "--confcutdir",
+        "tests/worker/dreambooth",
+        "-p",
+        "no:cacheprovider",
+        "--junitxml",
+        str(report),
+        "--durations",
+        "0",
     ]
     env = {"GPU_CHECK_DRY_RUN": "1"} if run.args.dry_run else {}
     failure = None
@@ -326,32 +371,82 @@ def section_planner(run: Run, limit_s: float) -> dict:
 
 def section_memory_goals(run: Run, limit_s: float) -> dict:
     sizes = run.sizes
-    measured, table = run.bench("bench.memory_goals", [
-        "--device", sizes.device, "--size", sizes.model, "--resolution", str(sizes.resolution), "--steps", "2",
-        "--work-dir", str(run.work), *(["--mixed-precision", "bf16"] if run.args.dry_run else []),
-    ], limit_s)
+    measured, table = run.bench(
+        "bench.memory_goals",
+        [
+            "--device",
+            sizes.device,
+            "--size",
+            sizes.model,
+            "--resolution",
+            str(sizes.resolution),
+            "--steps",
+            "2",
+            "--work-dir",
+            str(run.work),
+            *(["--mixed-precision", "bf16"] if run.args.dry_run else []),
+        ],
+        limit_s,
+    )
     run.tables["memory goals"] = table
     return {"configurations": measured}
 
 
 def section_lora(run: Run, limit_s: float) -> dict:
     sizes = run.sizes
-    measured, table = run.bench("bench.lora_memory", [
-        "--device", sizes.device, "--size", sizes.model, "--resolution", str(sizes.resolution), "--batch-size", "1",
-        "--steps", "5", "--mixed-precision", "bf16" if run.args.dry_run else "fp16", "--work-dir", str(run.work),
-    ], limit_s)
+    measured, table = run.bench(
+        "bench.lora_memory",
+        [
+            "--device",
+            sizes.device,
+            "--size",
+            sizes.model,
+            "--resolution",
+            str(sizes.resolution),
+            "--batch-size",
+            "1",
+            "--steps",
+            "5",
+            "--mixed-precision",
+            "bf16" if run.args.dry_run else "fp16",
+            "--work-dir",
+            str(run.work),
+        ],
+        limit_s,
+    )
     run.tables["lora memory"] = table
     return {"methods": measured}
 
 
 def section_speed(run: Run, limit_s: float, rows: str) -> dict:
     sizes = run.sizes
-    measured, table = run.bench("bench.train_speed", [
-        "--device", sizes.device, "--size", sizes.model, "--resolution", str(sizes.resolution), "--batch-size", "1",
-        "--mixed-precision", "bf16" if run.args.dry_run else "fp16", "--rows", rows, "--no-cache-hit",
-        "--steps", str(sizes.speed_steps), "--warmup", str(sizes.speed_warmup), "--class-images", "4",
-        "--work-dir", str(run.work),
-    ], limit_s)
+    measured, table = run.bench(
+        "bench.train_speed",
+        [
+            "--device",
+            sizes.device,
+            "--size",
+            sizes.model,
+            "--resolution",
+            str(sizes.resolution),
+            "--batch-size",
+            "1",
+            "--mixed-precision",
+            "bf16" if run.args.dry_run else "fp16",
+            "--rows",
+            rows,
+            "--no-cache-hit",
+            "--steps",
+            str(sizes.speed_steps),
+            "--warmup",
+            str(sizes.speed_warmup),
+            "--class-images",
+            "4",
+            "--work-dir",
+            str(run.work),
+        ],
+        limit_s,
+    )
     run.tables[f"training speed, rows {rows}"] = table
     return measured
 
@@ -401,18 +496,32 @@ def planner_job(args, sizes: Sizes, models, name: str, profile: str, stop: bool,
 
     config = TrainConfig(
         **CARD_SETTINGS[args.card],
-        base_model=f"builtin:{sizes.model}", models_dir=args.work_dir, device=sizes.device,
+        base_model=f"builtin:{sizes.model}",
+        models_dir=args.work_dir,
+        device=sizes.device,
         instance_images=drawn_photos(work / "photos", sizes.resolution, aspect=4 / 3),
-        instance_prompt="a photo of rufus toy", output_dir=work / name.replace(" ", "-"), cache_dir=work / "cache",
-        resolution=sizes.resolution, max_train_steps=sizes.planner_steps + 1, seed=0, memory_profile=profile,
-        checkpointing_steps=None, validation_steps=10**6, validation_prompts=("a photo of rufus toy",),
+        instance_prompt="a photo of rufus toy",
+        output_dir=work / name.replace(" ", "-"),
+        cache_dir=work / "cache",
+        resolution=sizes.resolution,
+        max_train_steps=sizes.planner_steps + 1,
+        seed=0,
+        memory_profile=profile,
+        checkpointing_steps=None,
+        validation_steps=10**6,
+        validation_prompts=("a photo of rufus toy",),
         validation_inference_steps=10,
     )
     started = time.perf_counter()
     outcome: dict = {"job": name, "memory_profile": profile}
     try:
-        result = train(config, on_progress, should_stop=lambda: stop and len(steps) > sizes.planner_steps,
-                       models=models, on_memory_plan=plans.append)
+        result = train(
+            config,
+            on_progress,
+            should_stop=lambda: stop and len(steps) > sizes.planner_steps,
+            models=models,
+            on_memory_plan=plans.append,
+        )
         outcome["outcome"] = "stopped after the timed steps" if result.stopped else "succeeded"
         outcome["exports"] = sorted(result.checkpoints)
     except JobError as error:
@@ -443,13 +552,21 @@ def summary(results: dict) -> list[dict]:
     for name, key in (("UNet only", "full_unet_8bit_gb"), ("+ text encoder", "full_text_encoder_8bit_gb")):
         if name in goals:
             peak = goals[name]["peak_mb"] * 2**20
-            add(f"full fine-tuning, {name}, 8-bit Adam + fp16 + checkpointing: peak GB", round(peak / GB, 2),
-                f"under {GOALS[key]} GB", peak < GOALS[key] * GB)
+            add(
+                f"full fine-tuning, {name}, 8-bit Adam + fp16 + checkpointing: peak GB",
+                round(peak / GB, 2),
+                f"under {GOALS[key]} GB",
+                peak < GOALS[key] * GB,
+            )
     lora = sections.get("lora memory", {}).get("methods", {})
     if "lora" in lora:
         peak = lora["lora"]["peak_mb"] * 2**20
-        add("LoRA rank 4, UNet, fp16: peak GB", round(peak / GB, 2), f"under {GOALS['lora_gb']} GB",
-            peak < GOALS["lora_gb"] * GB)
+        add(
+            "LoRA rank 4, UNet, fp16: peak GB",
+            round(peak / GB, 2),
+            f"under {GOALS['lora_gb']} GB",
+            peak < GOALS["lora_gb"] * GB,
+        )
     rows = {
         row["configuration"]: row
         for name in ("training speed", "training speed, all savers")
@@ -457,20 +574,40 @@ def summary(results: dict) -> list[dict]:
     }
     if "UNet only" in rows:
         ours, reference = rows["UNet only"]["ours"]["steps_per_s"], rows["UNet only"]["reference"]["steps_per_s"]
-        add("UNet only, fp16, batch 1, no checkpointing: steps/s", round(ours, 2),
-            f"at least {GOALS['unet_steps_per_s']} (H100)", ours >= GOALS["unet_steps_per_s"])
-        add("ours / reference loop, UNet only", round(ours / reference, 2), f"at least {GOALS['speed_up']}x",
-            ours / reference >= GOALS["speed_up"])
+        add(
+            "UNet only, fp16, batch 1, no checkpointing: steps/s",
+            round(ours, 2),
+            f"at least {GOALS['unet_steps_per_s']} (H100)",
+            ours >= GOALS["unet_steps_per_s"],
+        )
+        add(
+            "ours / reference loop, UNet only",
+            round(ours / reference, 2),
+            f"at least {GOALS['speed_up']}x",
+            ours / reference >= GOALS["speed_up"],
+        )
     if "+ 8-bit Adam" in rows:
         ours, reference = rows["+ 8-bit Adam"]["ours"]["steps_per_s"], rows["+ 8-bit Adam"]["reference"]["steps_per_s"]
-        add("ours / reference loop, + prior preservation, text encoder, 8-bit Adam", round(ours / reference, 2),
-            f"at least {GOALS['speed_up']}x", ours / reference >= GOALS["speed_up"])
+        add(
+            "ours / reference loop, + prior preservation, text encoder, 8-bit Adam",
+            round(ours / reference, 2),
+            f"at least {GOALS['speed_up']}x",
+            ours / reference >= GOALS["speed_up"],
+        )
     for card, measured in sections.get("memory planner", {}).get("cards", {}).items():
         outcomes = [job["outcome"] for job in measured["jobs"]]
-        met = (outcomes[0] != "failed" and outcomes[1] == "failed"
-               and measured["jobs"][1]["error"]["code"] == "out_of_memory" and outcomes[2] != "failed")
-        add(f"{card} card: auto trains, none runs out of memory, the next job trains", None,
-            "auto / out_of_memory / next job", met)
+        met = (
+            outcomes[0] != "failed"
+            and outcomes[1] == "failed"
+            and measured["jobs"][1]["error"]["code"] == "out_of_memory"
+            and outcomes[2] != "failed"
+        )
+        add(
+            f"{card} card: auto trains, none runs out of memory, the next job trains",
+            None,
+            "auto / out_of_memory / next job",
+            met,
+        )
     return lines
 
 
@@ -484,7 +621,8 @@ def markdown(results: dict, tables: dict[str, str]) -> str:
         + (f", {environment['gpu_memory_gib']} GiB" if environment.get("gpu_memory_gib") else ""),
         f"- date: {results['date']}",
         f"- command: `{results['command']}`",
-        "- stack: " + ", ".join(f"{name} {version}" for name, version in packages.items() if version)
+        "- stack: "
+        + ", ".join(f"{name} {version}" for name, version in packages.items() if version)
         + (f", Python {environment['python']}, CUDA {environment['cuda']}" if environment.get("python") else ""),
         "",
         "| section | status | seconds |",
@@ -493,8 +631,10 @@ def markdown(results: dict, tables: dict[str, str]) -> str:
     for name, section in results["sections"].items():
         status = section["status"]
         if name == "gpu tests" and status == "ok":
-            status = f"{section.get('passed', 0)} passed, {section.get('failed', 0)} failed, " \
-                     f"{section.get('skipped', 0)} skipped"
+            status = (
+                f"{section.get('passed', 0)} passed, {section.get('failed', 0)} failed, "
+                f"{section.get('skipped', 0)} skipped"
+            )
         elif status != "ok":
             status += ": " + " ".join(str(section.get("error") or section.get("why")).split())[:200]
         lines.append(f"| {name} | {status} | {section['seconds']:.0f} |")
@@ -525,7 +665,7 @@ def planner_table(cards: dict) -> str:
             )
     advice = next((job["error"]["message"] for m in cards.values() for job in m["jobs"] if job.get("error")), None)
     if advice:
-        lines += ["", f"The out-of-memory message: \"{advice}\""]
+        lines += ["", f'The out-of-memory message: "{advice}"']
     return "\n".join(lines)
 
 
@@ -543,10 +683,17 @@ def _junit_counts(report: Path) -> dict:
     suite = ElementTree.parse(report).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     tests, failures, errors, skipped = (int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped"))
-    failed_names = [case.get("name") for case in suite.iter("testcase")
-                    if case.find("failure") is not None or case.find("error") is not None]
-    return {"passed": tests - failures - errors - skipped, "failed": failures + errors, "skipped": skipped,
-            "failed_tests": failed_names}
+    failed_names = [
+        case.get("name")
+        for case in suite.iter("testcase")
+        if case.find("failure") is not None or case.find("error") is not None
+    ]
+    return {
+        "passed": tests - failures - errors - skipped,
+        "failed": failures + errors,
+        "skipped": skipped,
+        "failed_tests": failed_names,
+    }
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -107,9 +107,17 @@ def measure_core(args) -> dict:
 
     torch.set_num_threads(args.threads)
     times = timed_core_steps(
-        args.work_dir, args.work_dir / f"builtin-{args.size}", args.steps, f"out-{args.child}",
-        resolution=args.resolution, train_batch_size=args.batch_size, learning_rate=1e-4,
-        training_method=args.child, lora_rank=args.rank, mixed_precision=args.mixed_precision, device=args.device,
+        args.work_dir,
+        args.work_dir / f"builtin-{args.size}",
+        args.steps,
+        f"out-{args.child}",
+        resolution=args.resolution,
+        train_batch_size=args.batch_size,
+        learning_rate=1e-4,
+        training_method=args.child,
+        lora_rank=args.rank,
+        mixed_precision=args.mixed_precision,
+        device=args.device,
     )
     return {
         "peak_mb": peak_memory_mb(args.device),
@@ -119,7 +127,16 @@ def measure_core(args) -> dict:
 
 
 FORWARDED = (
-    "device", "size", "resolution", "batch_size", "steps", "threads", "rank", "mixed_precision", "work_dir", "loop"
+    "device",
+    "size",
+    "resolution",
+    "batch_size",
+    "steps",
+    "threads",
+    "rank",
+    "mixed_precision",
+    "work_dir",
+    "loop",
 )
 
 
@@ -191,8 +208,11 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     parser.add_argument(
-        "--loop", choices=["core", "unet"], default="core",
-        help="core: the real training loop; unet: a minimal UNet-only loop that also counts parameters and optimizer state",
+        "--loop",
+        choices=["core", "unet"],
+        default="core",
+        help="core: the real training loop; unet: a minimal UNet-only loop that also counts parameters and "
+        "optimizer state",
     )
     parser.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
     parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)

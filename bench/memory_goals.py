@@ -62,9 +62,18 @@ def measure(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     settings, _goal = CONFIGS[args.child]
     times = timed_core_steps(
-        args.work_dir, args.work_dir / f"builtin-{args.size}", args.steps + 1, "out-goals",
-        resolution=args.resolution, train_batch_size=args.batch_size, learning_rate=1e-6, use_8bit_adam=True,
-        mixed_precision=args.mixed_precision, gradient_checkpointing=True, device=args.device, **settings,
+        args.work_dir,
+        args.work_dir / f"builtin-{args.size}",
+        args.steps + 1,
+        "out-goals",
+        resolution=args.resolution,
+        train_batch_size=args.batch_size,
+        learning_rate=1e-6,
+        use_8bit_adam=True,
+        mixed_precision=args.mixed_precision,
+        gradient_checkpointing=True,
+        device=args.device,
+        **settings,
     )
     # note: the first step also builds the 8-bit state
     result = {
@@ -112,7 +121,8 @@ def report(args, results: dict[str, dict]) -> str:
             + f", gradient checkpointing; s/step is the median of {args.steps} steps after one warm-up step"
         ),
         "",
-        f"| configuration | trained parameters | {memory} GiB | " + ("process baseline GiB | " if cpu else "")
+        f"| configuration | trained parameters | {memory} GiB | "
+        + ("process baseline GiB | " if cpu else "")
         + "goal | s/step |",
         "| --- | ---: | ---: | " + ("---: | " if cpu else "") + "---: | ---: |",
     ]

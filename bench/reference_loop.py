@@ -72,8 +72,18 @@ def reference_args(**options) -> Namespace:
 class DreamBoothDataset(Dataset):
     """The script's dataset: instance images and prompts, with class images and prompts alongside."""
 
-    def __init__(self, instance_data_root, instance_prompt, tokenizer, class_data_root=None, class_prompt=None,
-                 class_num=None, size=512, center_crop=False, tokenizer_max_length=None):
+    def __init__(
+        self,
+        instance_data_root,
+        instance_prompt,
+        tokenizer,
+        class_data_root=None,
+        class_prompt=None,
+        class_num=None,
+        size=512,
+        center_crop=False,
+        tokenizer_max_length=None,
+    ):
         self.size, self.center_crop, self.tokenizer = size, center_crop, tokenizer
         self.tokenizer_max_length = tokenizer_max_length
         self.instance_images_path = sorted(Path(instance_data_root).iterdir())
@@ -83,8 +93,8 @@ class DreamBoothDataset(Dataset):
         if class_data_root is not None:
             self.class_data_root = Path(class_data_root)
             self.class_images_path = sorted(self.class_data_root.iterdir())
-            self.num_class_images = min(len(self.class_images_path), class_num) if class_num else len(
-                self.class_images_path
+            self.num_class_images = (
+                min(len(self.class_images_path), class_num) if class_num else len(self.class_images_path)
             )
             self._length = max(self.num_class_images, self.num_instance_images)
             self.class_prompt = class_prompt
@@ -96,7 +106,7 @@ class DreamBoothDataset(Dataset):
         scale = self.size / min(image.size)
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)
         if self.center_crop:  # transforms.CenterCrop
-            left, top = int(round((image.width - self.size) / 2.0)), int(round((image.height - self.size) / 2.0))
+            left, top = round((image.width - self.size) / 2.0), round((image.height - self.size) / 2.0)
         else:  # transforms.RandomCrop
             left = int(torch.randint(0, image.width - self.size + 1, size=(1,)).item())
             top = int(torch.randint(0, image.height - self.size + 1, size=(1,)).item())
@@ -110,7 +120,7 @@ class DreamBoothDataset(Dataset):
     def __getitem__(self, index):
         example = {}
         instance_image = exif_transpose(Image.open(self.instance_images_path[index % self.num_instance_images]))
-        if not instance_image.mode == "RGB":
+        if instance_image.mode != "RGB":
             instance_image = instance_image.convert("RGB")
         example["instance_images"] = self.image_transforms(instance_image)
         text_inputs = tokenize_prompt(self.tokenizer, self.instance_prompt, self.tokenizer_max_length)
@@ -118,7 +128,7 @@ class DreamBoothDataset(Dataset):
         example["instance_attention_mask"] = text_inputs.attention_mask
         if self.class_data_root:
             class_image = exif_transpose(Image.open(self.class_images_path[index % self.num_class_images]))
-            if not class_image.mode == "RGB":
+            if class_image.mode != "RGB":
                 class_image = class_image.convert("RGB")
             example["class_images"] = self.image_transforms(class_image)
             class_text_inputs = tokenize_prompt(self.tokenizer, self.class_prompt, self.tokenizer_max_length)
@@ -298,7 +308,9 @@ def main(args: Namespace, on_step: Callable[[int, float], None] = lambda step, l
                 ).long()
                 noisy_model_input = noise_scheduler.add_noise(model_input, noise, timesteps)
                 encoder_hidden_states = encode_prompt(
-                    text_encoder, batch["input_ids"], batch["attention_mask"],
+                    text_encoder,
+                    batch["input_ids"],
+                    batch["attention_mask"],
                     text_encoder_use_attention_mask=args.text_encoder_use_attention_mask,
                 )
                 model_pred = unet(noisy_model_input, timesteps, encoder_hidden_states, return_dict=False)[0]

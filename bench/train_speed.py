@@ -192,7 +192,10 @@ def run_class_images(args) -> dict:
     folder = class_image_folder(work / "cache", spec)
     clock = Stopwatch()
     made = fill_class_images(
-        folder, spec, args.class_images, lambda: generation_pipeline(parts, torch.device(args.device)),
+        folder,
+        spec,
+        args.class_images,
+        lambda: generation_pipeline(parts, torch.device(args.device)),
         args.sample_batch_size,
     )
     ours = clock.rates(made)
@@ -207,8 +210,11 @@ def run_class_images(args) -> dict:
     accelerator = Accelerator(cpu=args.device == "cpu")
     clock = Stopwatch()
     reference_options = reference_args(
-        pretrained_model_name_or_path=str(work / f"builtin-{args.size}"), class_data_dir=str(reference_dir),
-        class_prompt=CLASS_PROMPT, num_class_images=args.class_images, resolution=args.resolution,
+        pretrained_model_name_or_path=str(work / f"builtin-{args.size}"),
+        class_data_dir=str(reference_dir),
+        class_prompt=CLASS_PROMPT,
+        num_class_images=args.class_images,
+        resolution=args.resolution,
     )
     generate_class_images(reference_options, accelerator)
     return {"ours": ours, "reference": clock.rates(args.class_images)}
@@ -264,8 +270,21 @@ def child_main(args) -> None:
 # ---------------------------------------------------------------------- the orchestrating process
 
 
-FORWARDED = ("device", "size", "resolution", "batch_size", "steps", "warmup", "threads", "mixed_precision",
-             "class_images", "sample_batch_size", "e2e_class_images", "e2e_steps", "work_dir")
+FORWARDED = (
+    "device",
+    "size",
+    "resolution",
+    "batch_size",
+    "steps",
+    "warmup",
+    "threads",
+    "mixed_precision",
+    "class_images",
+    "sample_batch_size",
+    "e2e_class_images",
+    "e2e_steps",
+    "work_dir",
+)
 
 
 def spawn_child(args, child: str, config: int | None = None) -> dict:
@@ -307,7 +326,7 @@ def report(args, rows: list[tuple], classes: dict | None, e2e: dict | None, comm
         "| --- " + "| ---: " * (8 if by_cpu else 5) + "|",
     ]
     for name, ours, reference in rows:
-        cells = [name] + speed_cells(ours, reference, "steps_per_s")
+        cells = [name, *speed_cells(ours, reference, "steps_per_s")]
         if by_cpu:
             cells += speed_cells(ours, reference, "steps_per_cpu_s")
         cells += [f"{ours[key]:.0f}", f"{reference[key]:.0f}"]
@@ -343,13 +362,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=1, help="runs per configuration and side; the best counts")
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
-    parser.add_argument("--rows", default=",".join(str(i) for i in range(len(CONFIGS))),
-                        help="the configurations to run, by index: " + ", ".join(
-                            f"{i} {name}" for i, (name, _) in enumerate(CONFIGS)))
+    parser.add_argument(
+        "--rows",
+        default=",".join(str(i) for i in range(len(CONFIGS))),
+        help="the configurations to run, by index: " + ", ".join(f"{i} {name}" for i, (name, _) in enumerate(CONFIGS)),
+    )
     parser.add_argument("--class-images", type=int, default=8, help="class images for the speed runs")
     parser.add_argument("--sample-batch-size", type=int, default=8, help="class images generated per batch")
-    parser.add_argument("--cache-hit", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time two prior-preservation jobs end to end (class-image cache)")
+    parser.add_argument(
+        "--cache-hit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time two prior-preservation jobs end to end (class-image cache)",
+    )
     parser.add_argument("--e2e-class-images", type=int, default=32, help="class images for the cache-hit jobs")
     parser.add_argument("--e2e-steps", type=int, default=20, help="training steps of the cache-hit jobs")
     parser.add_argument("--json", type=Path, help="also write the measurements to this JSON file")

@@ -16,7 +16,6 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
-from alembic import command
 from alembic.config import Config
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -24,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from alembic import command
 from backend import queue
 from backend.auth import create_user
 from backend.db import get_engine, get_sessionmaker

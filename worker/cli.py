@@ -61,8 +61,9 @@ def ensure_local_user() -> str:
 
 
 def migrate() -> None:
-    from alembic import command
     from alembic.config import Config
+
+    from alembic import command
 
     command.upgrade(Config(str(Path(__file__).resolve().parent.parent / "alembic.ini")), "head")
 
@@ -81,8 +82,20 @@ def serve(_args: argparse.Namespace) -> None:
             [python, "-m", "uvicorn", "backend.main:app", "--host", settings.host, "--port", str(settings.port)]
         ),
         subprocess.Popen(
-            [python, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo", "--concurrency", "1",
-             "--loglevel", settings.log_level]
+            [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "worker.celery_app",
+                "worker",
+                "--pool",
+                "solo",
+                "--concurrency",
+                "1",
+                "--loglevel",
+                settings.log_level,
+            ]
         ),
     ]
     mode = "demo mode: no GPU, training the built-in tiny model" if settings.demo_mode else "GPU mode"

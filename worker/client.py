@@ -45,9 +45,7 @@ class StudioClient:
 
     def __init__(self, server: str, token: str, timeout: float = 60):
         self.server = server.rstrip("/")
-        self.http = httpx.Client(
-            base_url=self.server, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
-        )
+        self.http = httpx.Client(base_url=self.server, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
 
     def submit(self, photos: list[Path], settings: dict) -> dict:
         files = [("photos", (path.name, path.read_bytes())) for path in photos]
@@ -137,7 +135,9 @@ def _raise_for_error(response: httpx.Response) -> None:
         error = response.json()["error"]
         raise ApiError(error["message"], response.status_code, error["code"], error.get("field"))
     except (ValueError, KeyError, TypeError):
-        raise ApiError(f"the server answered {response.status_code}: {response.text[:200]}", response.status_code) from None
+        raise ApiError(
+            f"the server answered {response.status_code}: {response.text[:200]}", response.status_code
+        ) from None
 
 
 # ── output ───────────────────────────────────────────────────────────────────────────────────
@@ -219,7 +219,9 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def client_command(run: Callable[[StudioClient, argparse.Namespace], int | None]) -> Callable[[argparse.Namespace], None]:
+def client_command(
+    run: Callable[[StudioClient, argparse.Namespace], int | None],
+) -> Callable[[argparse.Namespace], None]:
     """Wrap a command: build the client from the flags; an ApiError is one line and exit code 2."""
 
     def command(args: argparse.Namespace) -> None:
@@ -332,7 +334,7 @@ def download(client: StudioClient, args: argparse.Namespace) -> None:
     url = str(httpx.URL(f"/api/jobs/{job['id']}/checkpoint", params=params))
     target = Path(args.output or _default_name(job, checkpoint, args))
     line = LiveLine()
-    bar = lambda done, total: line.show(_download_line(target.name, done, total))  # noqa: E731
+    bar = lambda done, total: line.show(_download_line(target.name, done, total))
     try:
         client.download(url, target, bar)
     finally:
@@ -365,7 +367,8 @@ def _default_name(job: dict, checkpoint: dict | None, args: argparse.Namespace) 
 def _download_line(name: str, done: int, total: int) -> str:
     filled = round(BAR_WIDTH * done / total) if total else 0
     percent = f"{100 * done / total:5.1f}%" if total else ""
-    return f"{name}  [{'#' * filled}{'.' * (BAR_WIDTH - filled)}]  {percent}  {format_bytes(done)} of {format_bytes(total)}"
+    bar = "#" * filled + "." * (BAR_WIDTH - filled)
+    return f"{name}  [{bar}]  {percent}  {format_bytes(done)} of {format_bytes(total)}"
 
 
 def generate(client: StudioClient, args: argparse.Namespace) -> int:
@@ -419,7 +422,8 @@ def list_jobs(client: StudioClient, args: argparse.Namespace) -> None:
         progress = job["progress"]
         steps = f"{progress['step']}/{progress['total_steps']}" if progress["total_steps"] else "-"
         phase = job["phase"] or "-"
-        print(f"{job['id']}  {job['status']:<10} {phase:<24} {steps:>11}  {job['created_at'][:19]}  {job['settings']['instance_prompt']}")
+        created, prompt = job["created_at"][:19], job["settings"]["instance_prompt"]
+        print(f"{job['id']}  {job['status']:<10} {phase:<24} {steps:>11}  {created}  {prompt}")
     if page["total"] > len(page["items"]):
         print(f"({len(page['items'])} of {page['total']}; --limit shows more)", file=sys.stderr)
 

@@ -201,7 +201,7 @@ def _artifacts(result: TrainResult) -> list[Artifact]:
         format="diffusers",
         dtype="fp32",  # note: the core saves the pipeline in full precision; downloads may ask for fp16
     )
-    return checkpoints + [pipeline]
+    return [*checkpoints, pipeline]
 
 
 def _finish(

@@ -10,9 +10,7 @@ def job_out(job: Job) -> JobOut:
         id=job.id,
         status=job.status,
         phase=job.phase,
-        progress=Progress(
-            step=job.step, total_steps=job.total_steps, loss=job.loss, eta_seconds=job.eta_seconds
-        ),
+        progress=Progress(step=job.step, total_steps=job.total_steps, loss=job.loss, eta_seconds=job.eta_seconds),
         settings=job.settings,
         error=ErrorOut(code=job.error_code, message=job.error_message or "") if job.error_code else None,
         cancel_requested=job.cancel_requested,

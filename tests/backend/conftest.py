@@ -27,9 +27,7 @@ def post_job(client, auth_headers, photo_bytes, broker) -> Callable[..., httpx.R
     ) -> httpx.Response:
         photos = [photo_bytes() for _ in range(3)] if photos is None else photos
         files = [("photos", (f"photo{i}.png", data, "image/png")) for i, data in enumerate(photos)]
-        files += [
-            ("class_photos", (f"class{i}.png", data, "image/png")) for i, data in enumerate(class_photos)
-        ]
+        files += [("class_photos", (f"class{i}.png", data, "image/png")) for i, data in enumerate(class_photos)]
         form = {"settings": settings if isinstance(settings, str) else json.dumps(settings)}
         return client.post("/api/jobs", data=form, files=files, headers=headers or auth_headers)
 

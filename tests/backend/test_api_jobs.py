@@ -75,9 +75,7 @@ def test_create_stores_the_photos_and_queues_the_job(post_job, db, data_dir, bro
 
 
 def test_request_values_override_the_preset(post_job):
-    settings = post_job({**DOG, "preset": "face", "learning_rate": 2e-6, "base_model": TINY_MODEL}).json()[
-        "settings"
-    ]
+    settings = post_job({**DOG, "preset": "face", "learning_rate": 2e-6, "base_model": TINY_MODEL}).json()["settings"]
     assert (settings["learning_rate"], settings["max_train_steps"]) == (2e-6, 1200)
 
 
@@ -150,9 +148,7 @@ def test_invalid_requests_name_the_field_and_store_nothing(
 
 
 def test_a_missing_settings_field_is_named(client, auth_headers, photo_bytes, db):
-    response = client.post(
-        "/api/jobs", files=[("photos", ("a.png", photo_bytes(), "image/png"))], headers=auth_headers
-    )
+    response = client.post("/api/jobs", files=[("photos", ("a.png", photo_bytes(), "image/png"))], headers=auth_headers)
     assert response.status_code == 422
     assert response.json()["error"]["field"] == "settings"
     assert count(db, Job) == 0

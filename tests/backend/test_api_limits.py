@@ -67,7 +67,9 @@ def test_a_body_announced_over_the_limit_is_refused_before_reading(small_body_cl
 
 def test_a_body_under_the_limit_passes(small_body_client, auth_headers, photo_bytes):
     files = [("photos", ("a.png", photo_bytes(), "image/png"))]
-    response = small_body_client.post("/api/jobs", data={"settings": json.dumps(DOG)}, files=files, headers=auth_headers)
+    response = small_body_client.post(
+        "/api/jobs", data={"settings": json.dumps(DOG)}, files=files, headers=auth_headers
+    )
     assert response.status_code == 202
 
 

@@ -62,7 +62,9 @@ def test_one_claim_wins_and_its_lease_fences_every_write(db, generation):
     generations.finish_generation(db, taken_over, "succeeded", images=[{"path": "y.png", "seed": 1}])
     db.refresh(generation)
     assert (generation.status, generation.images, generation.lease_token) == (
-        "succeeded", [{"path": "y.png", "seed": 1}], None
+        "succeeded",
+        [{"path": "y.png", "seed": 1}],
+        None,
     )
     assert generation.started_at <= generation.finished_at
     assert generations.claim_generation(db, generation.id) is None  # finished

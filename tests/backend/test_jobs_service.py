@@ -12,9 +12,7 @@ from backend.settings import get_settings
 
 
 def progress(db, lease, step=1):
-    return jobs.record_progress(
-        db, lease, phase="training", step=step, total_steps=10, loss=0.1, eta_seconds=5.0
-    )
+    return jobs.record_progress(db, lease, phase="training", step=step, total_steps=10, loss=0.1, eta_seconds=5.0)
 
 
 def sample(step):

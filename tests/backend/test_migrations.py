@@ -1,10 +1,10 @@
 """The migrations build exactly the schema the models describe, on Postgres and on SQLite."""
 
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
+from alembic import command
 from backend.models import Base
 
 TABLES = {"users", "api_tokens", "jobs", "photos", "artifacts", "generations"}

@@ -1,4 +1,4 @@
-"""The API process never loads the machine-learning stack (DESIGN rule 1), nor does the one module of the core it uses."""
+"""The API process never loads the machine-learning stack (DESIGN rule 1), nor do the core's modules it uses."""
 
 import subprocess
 import sys

@@ -8,7 +8,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = [
-    "environment", "gpu tests", "memory planner", "memory goals", "lora memory", "training speed",
+    "environment",
+    "gpu tests",
+    "memory planner",
+    "memory goals",
+    "lora memory",
+    "training speed",
     "training speed, all savers",
 ]
 
@@ -17,11 +22,18 @@ def test_the_dry_run_brings_back_every_section_and_figure(tmp_path: Path):
     out = tmp_path / "out"
     done = subprocess.run(
         ["scripts/gpu-check", "--dry-run", "--out", str(out), "--work-dir", str(tmp_path / "work")],
-        cwd=ROOT, env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert sorted(path.name for path in out.iterdir()) == [
-        "gpu-check.json", "gpu-check.log", "gpu-check.md", "gpu-tests.xml"
+        "gpu-check.json",
+        "gpu-check.log",
+        "gpu-check.md",
+        "gpu-tests.xml",
     ]
     results = json.loads((out / "gpu-check.json").read_text())
     sections = results["sections"]
@@ -53,10 +65,19 @@ def test_only_runs_the_sections_named(tmp_path: Path):
     out = tmp_path / "out"
     done = subprocess.run(
         ["scripts/gpu-check", "--dry-run", "--only", "environment", "--out", str(out), "--work-dir", str(tmp_path)],
-        cwd=ROOT, env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert list(json.loads((out / "gpu-check.json").read_text())["sections"]) == ["environment"]
-    wrong = subprocess.run(["scripts/gpu-check", "--dry-run", "--only", "nonsense"], cwd=ROOT,
-                           env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True)
+    wrong = subprocess.run(
+        ["scripts/gpu-check", "--dry-run", "--only", "nonsense"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+    )
     assert wrong.returncode == 2 and "no section named nonsense" in wrong.stderr

@@ -89,7 +89,8 @@ def test_face_job_from_photos_to_checkpoint(open_page, stack, user_factory, trai
     expect(status).to_have_text("running", timeout=60_000)
     # note: the loss curve needs two reports; a fast job may finish first, which is fine too.
     page.wait_for_function(
-        "document.querySelector('.loss-chart') || document.querySelector('.page-head .badge').textContent !== 'running'",
+        "document.querySelector('.loss-chart')"
+        " || document.querySelector('.page-head .badge').textContent !== 'running'",
         timeout=FINISHED_TIMEOUT_MS,
     )
     screenshot(page, "job-running")
@@ -101,7 +102,9 @@ def test_face_job_from_photos_to_checkpoint(open_page, stack, user_factory, trai
     assert len(sample_steps) > 1, f"samples only at steps {sample_steps}; validation_steps=10 should give 10, 20, 30"
     grid = page.locator(".sample-grid")
     expect(grid.locator("thead th[data-step]")).to_contain_text([f"Step {step}" for step in sample_steps])
-    expect(page.get_by_role("img", name=re.compile(r"^Sample at step 30: a photo of maria person")).first).to_be_visible()
+    expect(
+        page.get_by_role("img", name=re.compile(r"^Sample at step 30: a photo of maria person")).first
+    ).to_be_visible()
     page.wait_for_function("[...document.querySelectorAll('.sample-grid img')].every(i => i.naturalWidth > 0)")
     expect(page.get_by_role("button", name="Cancel job")).to_be_hidden()
     screenshot(page, "job-succeeded")
@@ -327,20 +330,41 @@ def test_recommended_step_leads_samples_downloads_and_generating(open_page, stac
     job["kept_steps"] = [100, 200, 300]
     job["loss_history"] = [[step, 0.3 - step / 2000 + (step % 7) / 100] for step in range(10, 301, 10)]
     job["evaluation"] = {
-        "scorer": "clip-tiny", "recommended_step": 200, "recommended_is_final": False,
+        "scorer": "clip-tiny",
+        "recommended_step": 200,
+        "recommended_is_final": False,
         "reason": "Step 200 keeps the subject and follows new prompts; step 300 starts copying the photos.",
-        "steps": [{"step": s, "subject_fidelity": f, "prompt_fidelity": q, "memorisation": m, "score": f + q - m}
-                  for s, f, q, m in [(100, 0.4, 0.7, 0.0), (200, 0.7, 0.6, 0.0), (300, 0.8, 0.3, 0.5)]],
+        "steps": [
+            {"step": s, "subject_fidelity": f, "prompt_fidelity": q, "memorisation": m, "score": f + q - m}
+            for s, f, q, m in [(100, 0.4, 0.7, 0.0), (200, 0.7, 0.6, 0.0), (300, 0.8, 0.3, 0.5)]
+        ],
     }
     job_url = f"**/api/jobs/{job['id']}"
     downloads, posts = [], []
-    generation = {"id": "9e3c1d52-0000-4000-8000-00000000000a", "job_id": job["id"], "status": "queued", "error": None,
-                  "params": {"prompt": "rufus dog in space", "scheduler": "ddim", "num_inference_steps": 100,
-                             "guidance_scale": 7.5, "num_images": 2, "step": 200},
-                  "images": [], "created_at": "2026-01-01T11:00:00Z"}
-    older = {**generation, "id": "9e3c1d52-0000-4000-8000-00000000000b", "status": "failed", "created_at": "2026-01-01T10:30:00Z",
-             "params": {**generation["params"], "prompt": "rufus dog at sea"},
-             "error": {"code": "out_of_memory", "message": "The GPU ran out of memory."}}
+    generation = {
+        "id": "9e3c1d52-0000-4000-8000-00000000000a",
+        "job_id": job["id"],
+        "status": "queued",
+        "error": None,
+        "params": {
+            "prompt": "rufus dog in space",
+            "scheduler": "ddim",
+            "num_inference_steps": 100,
+            "guidance_scale": 7.5,
+            "num_images": 2,
+            "step": 200,
+        },
+        "images": [],
+        "created_at": "2026-01-01T11:00:00Z",
+    }
+    older = {
+        **generation,
+        "id": "9e3c1d52-0000-4000-8000-00000000000b",
+        "status": "failed",
+        "created_at": "2026-01-01T10:30:00Z",
+        "params": {**generation["params"], "prompt": "rufus dog at sea"},
+        "error": {"code": "out_of_memory", "message": "The GPU ran out of memory."},
+    }
     refusals = [
         (422, {"error": {"code": "invalid_input", "message": "body.prompt: too long", "field": "body.prompt"}}),
         (409, {"error": {"code": "conflict", "message": "the job is running; generate once it has succeeded"}}),
@@ -363,7 +387,10 @@ def test_recommended_step_leads_samples_downloads_and_generating(open_page, stac
 
     def checkpoint(route):
         downloads.append((route.request.url, route.request.headers.get("authorization")))
-        route.fulfill(body=b"safetensors bytes", headers={"Content-Disposition": 'attachment; filename="rufus-dog-step200-lora.safetensors"'})
+        route.fulfill(
+            body=b"safetensors bytes",
+            headers={"Content-Disposition": 'attachment; filename="rufus-dog-step200-lora.safetensors"'},
+        )
 
     page = open_page(token)
     page.route(job_url, lambda route: route.fulfill(json=job))
@@ -414,8 +441,14 @@ def test_recommended_step_leads_samples_downloads_and_generating(open_page, stac
     expect(newest.get_by_role("img")).to_have_count(2)
     expect(newest.get_by_role("img").first).to_have_accessible_name("Generated: rufus dog in space (seed 40)")
     expect(page.locator("[data-slot=generate-status]")).to_have_text("2 images ready for “rufus dog in space”.")
-    assert posts[-1] == {"prompt": "rufus dog in space", "scheduler": "ddim", "num_inference_steps": 100,
-                         "guidance_scale": 7.5, "num_images": 2, "step": 200}
+    assert posts[-1] == {
+        "prompt": "rufus dog in space",
+        "scheduler": "ddim",
+        "num_inference_steps": 100,
+        "guidance_scale": 7.5,
+        "num_images": 2,
+        "step": 200,
+    }
     page.wait_for_function("[...document.querySelectorAll('.generation img')].every(i => i.naturalWidth > 0)")
     screenshot(page, "job-recommended-step")
 
@@ -424,19 +457,45 @@ def synthetic_job(steps: list[int], prompts: list[str]) -> dict:
     """A succeeded job as GET /api/jobs/{id} shows it, with samples at several steps."""
     job_id = "5a3c1d52-0000-4000-8000-000000000001"
     samples = [
-        {"id": 1 + len(prompts) * s + p, "kind": "sample", "step": step, "prompt": prompt, "seed": 7,
-         "url": f"/api/jobs/{job_id}/samples/{1 + len(prompts) * s + p}", "size_bytes": 100, "format": None, "dtype": None}
+        {
+            "id": 1 + len(prompts) * s + p,
+            "kind": "sample",
+            "step": step,
+            "prompt": prompt,
+            "seed": 7,
+            "url": f"/api/jobs/{job_id}/samples/{1 + len(prompts) * s + p}",
+            "size_bytes": 100,
+            "format": None,
+            "dtype": None,
+        }
         for s, step in enumerate(steps)
         for p, prompt in enumerate(prompts)
     ]
-    checkpoint = {"id": 99, "kind": "checkpoint", "step": steps[-1], "prompt": None, "seed": None, "format": "single",
-                  "dtype": "fp16", "size_bytes": 2_000_000, "url": f"/api/jobs/{job_id}/checkpoint?format=single&dtype=fp16"}
+    checkpoint = {
+        "id": 99,
+        "kind": "checkpoint",
+        "step": steps[-1],
+        "prompt": None,
+        "seed": None,
+        "format": "single",
+        "dtype": "fp16",
+        "size_bytes": 2_000_000,
+        "url": f"/api/jobs/{job_id}/checkpoint?format=single&dtype=fp16",
+    }
     return {
-        "id": job_id, "status": "succeeded", "phase": None, "cancel_requested": False, "attempts": 1, "photo_count": 4,
+        "id": job_id,
+        "status": "succeeded",
+        "phase": None,
+        "cancel_requested": False,
+        "attempts": 1,
+        "photo_count": 4,
         "progress": {"step": steps[-1], "total_steps": steps[-1], "loss": 0.1, "eta_seconds": None},
         "settings": {"preset": "object", "instance_prompt": prompts[0], "base_model": "builtin:tiny"},
-        "error": None, "artifacts": [*samples, checkpoint],
-        "created_at": "2026-01-01T10:00:00Z", "started_at": "2026-01-01T10:00:01Z", "finished_at": "2026-01-01T10:20:00Z",
+        "error": None,
+        "artifacts": [*samples, checkpoint],
+        "created_at": "2026-01-01T10:00:00Z",
+        "started_at": "2026-01-01T10:00:01Z",
+        "finished_at": "2026-01-01T10:20:00Z",
     }
 
 

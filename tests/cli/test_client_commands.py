@@ -29,10 +29,20 @@ def photo_folder(path: Path) -> Path:
 
 
 def submit(stack: Stack, token: str, photos: Path, **settings) -> str:
-    extra = {key: value for key, value in {**FAST_SETTINGS, **settings}.items() if key not in ("preset", "instance_prompt")}
+    extra = {
+        key: value for key, value in {**FAST_SETTINGS, **settings}.items() if key not in ("preset", "instance_prompt")
+    }
     result = dreambooth(
-        stack, token, "submit", str(photos), "--preset", "custom",
-        "--instance-prompt", FAST_SETTINGS["instance_prompt"], "--settings-json", json.dumps(extra),
+        stack,
+        token,
+        "submit",
+        str(photos),
+        "--preset",
+        "custom",
+        "--instance-prompt",
+        FAST_SETTINGS["instance_prompt"],
+        "--settings-json",
+        json.dumps(extra),
     )
     assert result.returncode == 0, result.stderr
     return str(uuid.UUID(result.stdout.strip().splitlines()[-1]))
@@ -98,7 +108,9 @@ def test_api_errors_are_one_line_with_exit_code_2(stack, user_factory, tmp_path)
     _user, token = user_factory("carol")
     photos = photo_folder(tmp_path / "photos")
 
-    too_fast = dreambooth(stack, token, "submit", str(photos), "--instance-prompt", "a dog", "--settings-json", '{"learning_rate": 1}')
+    too_fast = dreambooth(
+        stack, token, "submit", str(photos), "--instance-prompt", "a dog", "--settings-json", '{"learning_rate": 1}'
+    )
     assert too_fast.returncode == 2
     assert too_fast.stderr.strip().splitlines() == [
         "error: settings.learning_rate: Input should be less than or equal to 0.001"
@@ -113,4 +125,3 @@ def test_api_errors_are_one_line_with_exit_code_2(stack, user_factory, tmp_path)
 
     nowhere = dreambooth(stack, token, "jobs", "--server", "http://127.0.0.1:9")
     assert nowhere.returncode == 2 and nowhere.stderr.startswith("error: the connection to http://127.0.0.1:9 failed")
-

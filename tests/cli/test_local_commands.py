@@ -30,9 +30,26 @@ def test_train_runs_the_core_without_the_server(tmp_path):
         (photos / name).write_bytes(data)
     output = tmp_path / "out"
     stdout = run(
-        "train", "--photos", str(photos), "--output", str(output), "--models-dir", str(tmp_path / "models"),
-        "--base-model", "builtin:tiny", "--instance-prompt", "a photo of rufus toy", "--resolution", "64",
-        "--max-train-steps", "3", "--validation-inference-steps", "1", "--seed", "1", "--center-crop",
+        "train",
+        "--photos",
+        str(photos),
+        "--output",
+        str(output),
+        "--models-dir",
+        str(tmp_path / "models"),
+        "--base-model",
+        "builtin:tiny",
+        "--instance-prompt",
+        "a photo of rufus toy",
+        "--resolution",
+        "64",
+        "--max-train-steps",
+        "3",
+        "--validation-inference-steps",
+        "1",
+        "--seed",
+        "1",
+        "--center-crop",
         env=base_env(),
     )
     checkpoint = output / "checkpoints" / "model-fp16.safetensors"

@@ -59,8 +59,9 @@ class Stack:
     processes: list[subprocess.Popen] = field(default_factory=list)
 
     def start(self, name: str, *command: str) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "wb")
-        process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        # note: the child holds its own copy of the file descriptor, so ours can close at once
+        with open(self.log_dir / f"{name}.log", "wb") as log:
+            process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.processes.append(process)
         return process
 
@@ -69,8 +70,19 @@ class Stack:
 
     def start_worker(self, name: str = "worker") -> subprocess.Popen:
         return self.start(
-            name, str(BIN / "celery"), "-A", "worker.celery_app", "worker", "--pool", "solo",
-            "--concurrency", "1", "--loglevel", "INFO", "--hostname", f"{name}@%h",
+            name,
+            str(BIN / "celery"),
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "--pool",
+            "solo",
+            "--concurrency",
+            "1",
+            "--loglevel",
+            "INFO",
+            "--hostname",
+            f"{name}@%h",
         )
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -96,7 +108,9 @@ class Stack:
                 process.kill()
 
     def logs(self) -> str:
-        return "\n".join(f"── {log.name} ──\n{log.read_text(errors='replace')[-4000:]}" for log in self.log_dir.glob("*.log"))
+        return "\n".join(
+            f"── {log.name} ──\n{log.read_text(errors='replace')[-4000:]}" for log in self.log_dir.glob("*.log")
+        )
 
 
 class Client:
@@ -108,9 +122,7 @@ class Client:
     def submit(self, settings: dict, photos=None) -> dict:
         import json
 
-        response = self.http.post(
-            "/api/jobs", files=photos or photo_files(), data={"settings": json.dumps(settings)}
-        )
+        response = self.http.post("/api/jobs", files=photos or photo_files(), data={"settings": json.dumps(settings)})
         assert response.status_code == 202, response.text
         return response.json()
 

@@ -166,7 +166,8 @@ def test_a_job_still_training_refuses_generations(stack, alice):
     response = alice.http.post(f"/api/jobs/{job['id']}/generations", json=QUICK)
     assert response.status_code == 409
     assert response.json()["error"] == {
-        "code": "conflict", "message": "the job is running; images can be generated once it has succeeded"
+        "code": "conflict",
+        "message": "the job is running; images can be generated once it has succeeded",
     }
     assert alice.http.post(f"/api/jobs/{job['id']}/cancel").status_code == 202
     alice.wait_for(job["id"], {"cancelled", "failed", "succeeded"}, stack, timeout=60)

@@ -8,8 +8,8 @@ from sqlalchemy import func, select
 
 from backend import generations, jobs, storage
 from backend.auth import create_token, issue_token, revoke_token
-from backend.images import ingest_photo
 from backend.generation_schemas import GenerationCreate
+from backend.images import ingest_photo
 from backend.models import ApiToken, Artifact, Generation, Job, JobStatus
 from backend.schemas import TrainingSettings
 
@@ -57,7 +57,11 @@ def world(db, user_factory, photo_bytes):
     revoked = issue_token(db, alice)
     revoke_token(db, alice, db.scalar(select(ApiToken.id).order_by(ApiToken.id.desc())))
     ids = {
-        "job_id": job.id, "sample_id": artifacts[0].id, "token_id": spare.id, "generation_id": generation.id, "index": 0
+        "job_id": job.id,
+        "sample_id": artifacts[0].id,
+        "token_id": spare.id,
+        "generation_id": generation.id,
+        "index": 0,
     }
     tokens = {"owner": alice_token, "other user": mallory_token, "no token": None, "revoked token": revoked}
     return ids, tokens
@@ -102,5 +106,7 @@ def test_an_id_that_never_existed_is_a_404(client, world, method, template, _own
         missing["job_id"] = ids["job_id"]
     if "generation_id" in template and "index" in template:
         missing.update(generation_id=ids["generation_id"], index=7)
-    response = client.request(method, template.format(**missing), headers={"Authorization": f"Bearer {tokens['owner']}"})
+    response = client.request(
+        method, template.format(**missing), headers={"Authorization": f"Bearer {tokens['owner']}"}
+    )
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"

@@ -14,8 +14,8 @@ from glob import glob
 from pathlib import Path
 
 import pytest
-from alembic import command
 
+from alembic import command
 from tests.e2e.stack import FAST_SETTINGS, free_port
 from tests.reliability.conftest import new_client, wait_until
 
@@ -45,14 +45,18 @@ class PostgresCluster:
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self.run("pg_ctl", "-D", str(self.folder / "data"), "-o", options, "-l", str(self.folder / "log"), "-w", "start")
+        self.run(
+            "pg_ctl", "-D", str(self.folder / "data"), "-o", options, "-l", str(self.folder / "log"), "-w", "start"
+        )
 
     def stop(self) -> None:
         self.run("pg_ctl", "-D", str(self.folder / "data"), "-m", "fast", "-w", "stop")
 
     def remove(self) -> None:
-        subprocess.run([*self.as_owner, str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate",
-                        "stop"], capture_output=True)
+        subprocess.run(
+            [*self.as_owner, str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

@@ -1,5 +1,7 @@
 """The loss curve a job keeps: bounded, evenly spaced, and true to the mean of the steps it stands for."""
 
+import itertools
+
 from worker.progress import LossHistory
 
 
@@ -16,7 +18,7 @@ def test_a_long_run_keeps_a_bounded_evenly_spaced_mean_curve():
         history.add(step, float(step % 2))  # 1, 0, 1, 0, ...: every span's mean is 0.5
     assert 4 <= len(history.points) < 8
     steps = [point[0] for point in history.points]
-    assert len({b - a for a, b in zip(steps, steps[1:])}) == 1  # evenly spaced
+    assert len({b - a for a, b in itertools.pairwise(steps)}) == 1  # evenly spaced
     assert all(point[1] == 0.5 for point in history.points)
 
 

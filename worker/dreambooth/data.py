@@ -57,8 +57,9 @@ class LatentSource:
     photo is encoded once up front, flipped too when random_flip, and the VAE is not needed afterwards.
     """
 
-    def __init__(self, vae: torch.nn.Module, photos: Sequence[Image.Image], resolution: int, center_crop: bool,
-                 random_flip: bool):
+    def __init__(
+        self, vae: torch.nn.Module, photos: Sequence[Image.Image], resolution: int, center_crop: bool, random_flip: bool
+    ):
         self.vae, self.photos = vae, list(photos)
         self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
         self.scale = vae.config.scaling_factor

@@ -115,8 +115,14 @@ def vae_table(config: dict) -> Table:
     layers = config["layers_per_block"]
     table: Table = {
         name: (name, SAME)
-        for name in ("encoder.conv_in", "encoder.conv_out", "decoder.conv_in", "decoder.conv_out")
-        + ("quant_conv", "post_quant_conv")
+        for name in (
+            "encoder.conv_in",
+            "encoder.conv_out",
+            "decoder.conv_in",
+            "decoder.conv_out",
+            "quant_conv",
+            "post_quant_conv",
+        )
     }
     for part in ("encoder", "decoder"):
         table[f"{part}.conv_norm_out"] = (f"{part}.norm_out", SAME)

@@ -93,7 +93,9 @@ def add_adapters(unet: torch.nn.Module, text_encoder: torch.nn.Module | None, se
     cast_training_params(models, dtype=torch.float32)
     log.info(
         "added LoRA adapters (rank %d, alpha %s): %d trainable parameters",
-        settings.rank, settings.alpha, sum(p.numel() for model in models for p in lora_parameters(model)),
+        settings.rank,
+        settings.alpha,
+        sum(p.numel() for model in models for p in lora_parameters(model)),
     )
 
 

@@ -7,6 +7,7 @@ duplicates, and a later job asking for more images makes only the ones that are 
 touches the folder; when the cache grows past its limit, the least recently used folders go first.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -145,10 +146,8 @@ def _chunks(items: list[int], size: int) -> Iterator[tuple[int, list[int]]]:
 
 def touch(folder: Path) -> None:
     """Mark a cache folder as just used (its modification time is the LRU clock)."""
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.utime(folder)
-    except FileNotFoundError:
-        pass
 
 
 def evict_class_images(

@@ -3,6 +3,7 @@
 They need no network, train in seconds on a CPU, and exercise every code path the real model does.
 """
 
+import itertools
 import json
 import logging
 import shutil
@@ -221,7 +222,7 @@ def _learn_merges(words: list[tuple[str, ...]], num_merges: int) -> list[tuple[s
     for _ in range(num_merges):
         pairs = Counter()
         for word, count in corpus.items():
-            for pair in zip(word, word[1:]):
+            for pair in itertools.pairwise(word):
                 pairs[pair] += count
         if not pairs:
             break

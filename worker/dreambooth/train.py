@@ -125,8 +125,10 @@ def _train(config, on_progress, should_stop, models, on_validation, on_memory_pl
     on_memory_plan(plan)
     accelerator = _accelerator(config, device)
     weight_dtype = HALF.get(accelerator.mixed_precision, torch.float32)
-    parts = models.get(config.base_model, config.models_dir, config.revision) if models else load_components(
-        config.base_model, config.models_dir, config.revision
+    parts = (
+        models.get(config.base_model, config.models_dir, config.revision)
+        if models
+        else load_components(config.base_model, config.models_dir, config.revision)
     )
     state_path = find_state(config.output_dir, config.resume_from_checkpoint) if config.resume_from_checkpoint else None
     saved = load_state(state_path) if state_path else None
@@ -154,10 +156,17 @@ def _train(config, on_progress, should_stop, models, on_validation, on_memory_pl
     vae = frozen_on(parts.vae, accelerator.device, weight_dtype)
     photos = [load_photo(p, config.resolution) for p in config.instance_images]
     instance_latents = LatentSource(vae, photos, config.resolution, config.center_crop, config.random_flip)
-    class_latents = LatentSource(
-        vae, [load_photo(p, config.resolution) for p in class_paths], config.resolution,
-        config.center_crop, config.random_flip,
-    ) if class_paths else None
+    class_latents = (
+        LatentSource(
+            vae,
+            [load_photo(p, config.resolution) for p in class_paths],
+            config.resolution,
+            config.center_crop,
+            config.random_flip,
+        )
+        if class_paths
+        else None
+    )
     prompts = [config.instance_prompt] + ([config.class_prompt] if class_paths else [])
     text_encoder = run.text_encoder or frozen_on(parts.text_encoder, accelerator.device, weight_dtype)
     embed = _PromptEmbeddings(parts.tokenizer, text_encoder, prompts, trained=run.text_encoder is not None)
@@ -175,8 +184,12 @@ def _train(config, on_progress, should_stop, models, on_validation, on_memory_pl
     trained = [m for m in (run.unet, run.text_encoder) if m is not None]
     parameters = list(run.parameters())
     log.info(
-        "training steps %d-%d on %s (mixed precision %s, %s)", start + 1, total, device,
-        accelerator.mixed_precision, "unet + text encoder" if run.text_encoder is not None else "unet",
+        "training steps %d-%d on %s (mixed precision %s, %s)",
+        start + 1,
+        total,
+        device,
+        accelerator.mixed_precision,
+        "unet + text encoder" if run.text_encoder is not None else "unet",
     )
     started, step, step_loss = time.monotonic(), start, torch.zeros(())
     while step < total:
@@ -192,8 +205,11 @@ def _train(config, on_progress, should_stop, models, on_validation, on_memory_pl
                     latents = torch.cat([latents, class_part])
                 noise = sample_noise(latents, config.offset_noise, run.noise_gen)
                 timesteps = torch.randint(
-                    0, noise_scheduler.config.num_train_timesteps, (len(latents),),
-                    generator=run.noise_gen, device=latents.device,
+                    0,
+                    noise_scheduler.config.num_train_timesteps,
+                    (len(latents),),
+                    generator=run.noise_gen,
+                    device=latents.device,
                 )
                 noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
                 hidden_states = embed(len(indices), len(indices) if class_latents else 0)
@@ -341,7 +357,9 @@ def _make_trainees(
         if text_encoder is not None:
             # note: transformers 5.2x renamed gradient_checkpointing_enable (kept as a deprecated alias), which
             # is all that the 4.x and early 5.x releases in pyproject's range have
-            enable = getattr(text_encoder, "activation_checkpointing_enable", text_encoder.gradient_checkpointing_enable)
+            enable = getattr(
+                text_encoder, "activation_checkpointing_enable", text_encoder.gradient_checkpointing_enable
+            )
             enable()
     if config.enable_xformers_memory_efficient_attention:
         if is_xformers_available():
@@ -384,8 +402,9 @@ def _make_trainees(
 
 
 def _make_optimizer(groups: list[dict], config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    kwargs = dict(betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.adam_weight_decay,
-                  eps=config.adam_epsilon)
+    kwargs = dict(
+        betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.adam_weight_decay, eps=config.adam_epsilon
+    )
     if config.use_8bit_adam:
         # note: imported only when asked for; bitsandbytes probes the GPU at import time
         import bitsandbytes as bnb
@@ -434,8 +453,13 @@ def _class_images(
         on_progress(Progress("generating_class_images", made, total, None, eta))
 
     generated = fill_class_images(
-        folder, spec, needed, lambda: generation_pipeline(parts, device), config.sample_batch_size,
-        report, should_stop,
+        folder,
+        spec,
+        needed,
+        lambda: generation_pipeline(parts, device),
+        config.sample_batch_size,
+        report,
+        should_stop,
     )
     _release(device)
     if generated is None:
@@ -456,7 +480,10 @@ class _PromptEmbeddings:
 
     def __init__(self, tokenizer, text_encoder: torch.nn.Module, prompts: list[str], trained: bool):
         ids = tokenizer(
-            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+            prompts,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
             return_tensors="pt",
         ).input_ids
         self.ids = ids.to(text_encoder.device)
@@ -600,8 +627,15 @@ class _Validator:
             )
             with accelerator.autocast():
                 samples = sample_images(
-                    pipeline, self.prompts, self.seeds, config.validation_inference_steps, config.guidance_scale,
-                    config.resolution, config.output_dir / SAMPLES_DIR, step, scheduler=config.validation_scheduler,
+                    pipeline,
+                    self.prompts,
+                    self.seeds,
+                    config.validation_inference_steps,
+                    config.guidance_scale,
+                    config.resolution,
+                    config.output_dir / SAMPLES_DIR,
+                    step,
+                    scheduler=config.validation_scheduler,
                 )
             del pipeline
             weights_dir = None
@@ -681,6 +715,12 @@ def _fused(parts: Components, lora_dir: Path, text_encoder_trained: bool):
 def _stopped(step: int, plan: MemoryPlan, generated: int = 0, start: int = 0) -> TrainResult:
     log.info("stopped at step %d", step)
     return TrainResult(
-        stopped=True, final_step=step, pipeline_dir=None, samples=(), checkpoints={}, memory_plan=plan,
-        class_images_generated=generated, resumed_from_step=start,
+        stopped=True,
+        final_step=step,
+        pipeline_dir=None,
+        samples=(),
+        checkpoints={},
+        memory_plan=plan,
+        class_images_generated=generated,
+        resumed_from_step=start,
     )

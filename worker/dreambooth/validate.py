@@ -176,6 +176,5 @@ class Evaluator:
             "steps": sorted(self.scores, key=lambda s: s["step"]),
             "recommended_step": recommendation.step if recommendation else None,
             "reason": recommendation.reason if recommendation else None,
-            "recommended_is_final": recommendation is not None
-            and recommendation.step == self.config.max_train_steps,
+            "recommended_is_final": recommendation is not None and recommendation.step == self.config.max_train_steps,
         }

@@ -55,8 +55,13 @@ def test_half_precision_trains_fp32_weights_of_unet_and_text_encoder(
 ):
     # note: fp16 with trainable fp16 weights fails in the grad scaler ("Attempting to unscale FP16 gradients")
     config = make_config(
-        tmp_path, device=device, mixed_precision=mixed_precision, train_text_encoder=True, max_train_steps=3,
-        validation_steps=3, validation_prompts=("a photo of sks toy",),
+        tmp_path,
+        device=device,
+        mixed_precision=mixed_precision,
+        train_text_encoder=True,
+        max_train_steps=3,
+        validation_steps=3,
+        validation_prompts=("a photo of sks toy",),
     )
     result, _ = run(config)
     for part in ("unet", "text_encoder"):
@@ -69,11 +74,19 @@ def test_half_precision_trains_fp32_weights_of_unet_and_text_encoder(
         assert_real_image(sample.path)
 
 
-def test_8bit_adam_with_checkpointing(device: str, make_config: Callable[..., TrainConfig], tmp_path: Path,
-                                      tiny_model: Path):
+def test_8bit_adam_with_checkpointing(
+    device: str, make_config: Callable[..., TrainConfig], tmp_path: Path, tiny_model: Path
+):
     config = make_config(
-        tmp_path, device=device, mixed_precision="fp16", use_8bit_adam=True, gradient_checkpointing=True,
-        max_train_steps=3, checkpointing_steps=3, validation_steps=3, validation_prompts=("a photo of sks toy",),
+        tmp_path,
+        device=device,
+        mixed_precision="fp16",
+        use_8bit_adam=True,
+        gradient_checkpointing=True,
+        max_train_steps=3,
+        checkpointing_steps=3,
+        validation_steps=3,
+        validation_prompts=("a photo of sks toy",),
     )
     result, _ = run(config)
     assert changed(weights(result.pipeline_dir / "unet"), weights(tiny_model / "unet"))
@@ -81,11 +94,18 @@ def test_8bit_adam_with_checkpointing(device: str, make_config: Callable[..., Tr
     assert json.loads((state / "state.json").read_text())["optimizer"] == "AdamW8bit"
 
 
-def test_lora_trains_and_loads_onto_the_base(device: str, make_config: Callable[..., TrainConfig], tmp_path: Path,
-                                            tiny_model: Path):
+def test_lora_trains_and_loads_onto_the_base(
+    device: str, make_config: Callable[..., TrainConfig], tmp_path: Path, tiny_model: Path
+):
     config = make_config(
-        tmp_path, device=device, mixed_precision="fp16", training_method="lora", train_text_encoder=True,
-        max_train_steps=3, validation_steps=3, validation_prompts=("a photo of sks toy",),
+        tmp_path,
+        device=device,
+        mixed_precision="fp16",
+        training_method="lora",
+        train_text_encoder=True,
+        max_train_steps=3,
+        validation_steps=3,
+        validation_prompts=("a photo of sks toy",),
     )
     result, _ = run(config)
     assert {"lora", "lora_kohya"} <= result.checkpoints.keys()
@@ -100,7 +120,11 @@ def test_generation_in_half_precision_and_the_single_file_loads_back(
     device: str, make_config: Callable[..., TrainConfig], tmp_path: Path
 ):
     config = make_config(
-        tmp_path / "run", device=device, mixed_precision="fp16", max_train_steps=2, validation_steps=2,
+        tmp_path / "run",
+        device=device,
+        mixed_precision="fp16",
+        max_train_steps=2,
+        validation_steps=2,
         validation_prompts=("a photo of sks toy",),
     )
     result, _ = run(config)

@@ -20,8 +20,15 @@ from .helpers import changed, weights
 @pytest.fixture(scope="module")
 def lora_run(make_config: Callable[..., TrainConfig], tmp_path_factory: pytest.TempPathFactory):
     config = make_config(
-        tmp_path_factory.mktemp("lora"), training_method="lora", lora_rank=4, lora_alpha=8, train_text_encoder=True,
-        max_train_steps=4, validation_steps=2, validation_prompts=("a photo of sks toy",), validation_inference_steps=2,
+        tmp_path_factory.mktemp("lora"),
+        training_method="lora",
+        lora_rank=4,
+        lora_alpha=8,
+        train_text_encoder=True,
+        max_train_steps=4,
+        validation_steps=2,
+        validation_prompts=("a photo of sks toy",),
+        validation_inference_steps=2,
         checkpointing_steps=2,
     )
     reports: list[Validation] = []
@@ -29,9 +36,12 @@ def lora_run(make_config: Callable[..., TrainConfig], tmp_path_factory: pytest.T
 
 
 def test_a_lora_run_keeps_lora_files_per_step_and_exports_them(lora_run):
-    config, result, reports = lora_run
+    _config, result, reports = lora_run
     assert [(r.step, r.weights_format) for r in reports] == [(2, "lora"), (4, "lora")]
-    assert sorted(p.name for p in result.kept_steps[2].iterdir()) == ["kohya.safetensors", "pytorch_lora_weights.safetensors"]
+    assert sorted(p.name for p in result.kept_steps[2].iterdir()) == [
+        "kohya.safetensors",
+        "pytorch_lora_weights.safetensors",
+    ]
     assert set(result.checkpoints) == {"fp16", "fp32", "lora", "lora_kohya"}
     with safe_open(result.checkpoints["lora_kohya"], "pt") as kohya:
         assert kohya.metadata()["step"] == "4"
@@ -39,7 +49,7 @@ def test_a_lora_run_keeps_lora_files_per_step_and_exports_them(lora_run):
 
 
 def test_the_exported_pipeline_is_the_base_with_the_lora_merged(lora_run, tiny_model: Path):
-    config, result, _ = lora_run
+    _config, result, _ = lora_run
     # note: merged adapters change the attention projections; every other base weight is untouched
     trained, base = weights(result.pipeline_dir / "unet"), weights(tiny_model / "unet")
     differ = changed(trained, base)
@@ -49,7 +59,7 @@ def test_the_exported_pipeline_is_the_base_with_the_lora_merged(lora_run, tiny_m
 
 
 def test_the_lora_file_on_the_base_pipeline_gives_the_exported_model(lora_run, tiny_model: Path):
-    config, result, _ = lora_run
+    _config, result, _ = lora_run
     exported = StableDiffusionPipeline.from_pretrained(result.pipeline_dir)
     loaded = StableDiffusionPipeline.from_pretrained(tiny_model)
     loaded.load_lora_weights(result.checkpoints["lora"].parent, weight_name=result.checkpoints["lora"].name)
@@ -57,7 +67,11 @@ def test_the_lora_file_on_the_base_pipeline_gives_the_exported_model(lora_run, t
 
     def image(pipeline):
         return pipeline(
-            "a photo of sks toy", num_inference_steps=2, height=64, width=64, output_type="np",
+            "a photo of sks toy",
+            num_inference_steps=2,
+            height=64,
+            width=64,
+            output_type="np",
             generator=torch.Generator().manual_seed(3),
         ).images
 

@@ -7,8 +7,9 @@ from worker.dreambooth.loss import dreambooth_loss, min_snr_weights, sample_nois
 
 
 def scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
-    return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                         prediction_type=prediction_type)
+    return DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction_type
+    )
 
 
 def fixed_batch() -> tuple[torch.Tensor, torch.Tensor]:

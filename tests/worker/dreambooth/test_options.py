@@ -58,8 +58,14 @@ def test_gradient_accumulation_steps_the_optimizer_once_per_accumulated_batch(
     make_config: Callable[..., TrainConfig], tmp_path: Path, component_cache
 ):
     progress: list[Progress] = []
-    config = make_config(tmp_path, max_train_steps=2, train_batch_size=2, gradient_accumulation_steps=3,
-                         checkpointing_steps=2, validation_inference_steps=1)
+    config = make_config(
+        tmp_path,
+        max_train_steps=2,
+        train_batch_size=2,
+        gradient_accumulation_steps=3,
+        checkpointing_steps=2,
+        validation_inference_steps=1,
+    )
     train(config, progress.append, models=component_cache)
     assert [p.step for p in progress if p.phase == "training"] == [1, 2]
     trainer = torch.load(tmp_path / "training-state" / "checkpoint-2" / "trainer.pt", weights_only=True)

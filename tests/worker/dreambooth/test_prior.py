@@ -44,8 +44,16 @@ def names(folder: Path) -> list[str]:
 
 
 def test_cache_key_covers_everything_that_shapes_the_images():
-    changes = dict(model="model@def", prompt="a dog", negative_prompt="blurry", resolution=128,
-                   num_inference_steps=3, guidance_scale=5.0, scheduler="ddim", seed=1)
+    changes = dict(
+        model="model@def",
+        prompt="a dog",
+        negative_prompt="blurry",
+        resolution=128,
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        scheduler="ddim",
+        seed=1,
+    )
     keys = {class_image_cache_key(dataclasses.replace(SPEC, **{k: v})) for k, v in changes.items()}
     assert len(keys | {class_image_cache_key(SPEC)}) == len(changes) + 1
     assert class_image_cache_key(SPEC) == class_image_cache_key(dataclasses.replace(SPEC))
@@ -54,7 +62,7 @@ def test_cache_key_covers_everything_that_shapes_the_images():
 def test_fill_makes_only_missing_images_in_batches(tmp_path: Path):
     pipeline, made = FakePipeline(), []
     folder = class_image_folder(tmp_path, SPEC)
-    make = lambda: made.append(1) or pipeline  # noqa: E731
+    make = lambda: made.append(1) or pipeline
     assert fill_class_images(folder, SPEC, 5, make, batch_size=2) == 5
     assert pipeline.batches == [2, 2, 1]
     assert names(folder) == ["00000.jpg", "00001.jpg", "00002.jpg", "00003.jpg", "00004.jpg", "spec.json"]
@@ -108,7 +116,7 @@ def fill_in_child(models_dir: Path, cache: Path, barrier: Path, name: str, resul
     (barrier / name).touch()
     while len(list(barrier.iterdir())) < 2:
         time.sleep(0.01)
-    make = lambda: generation_pipeline(parts, torch.device("cpu"))  # noqa: E731
+    make = lambda: generation_pipeline(parts, torch.device("cpu"))
     results.put(fill_class_images(class_image_folder(cache, spec), spec, 6, make, 2))
 
 
@@ -148,12 +156,22 @@ def test_prior_preservation_job_generates_only_missing_class_images(
     make_config: Callable[..., TrainConfig], photos: tuple[Path, ...], tmp_path: Path, component_cache
 ):
     cache = tmp_path / "cache"
-    common = dict(with_prior_preservation=True, class_prompt="a photo of a toy", class_inference_steps=2,
-                  cache_dir=cache, max_train_steps=2, validation_inference_steps=2, train_batch_size=2)
+    common = dict(
+        with_prior_preservation=True,
+        class_prompt="a photo of a toy",
+        class_inference_steps=2,
+        cache_dir=cache,
+        max_train_steps=2,
+        validation_inference_steps=2,
+        train_batch_size=2,
+    )
     progress: list[Progress] = []
     # note: one uploaded class photo, so 3 of the 4 class images are generated
-    first = train(make_config(tmp_path / "1", num_class_images=4, class_images=photos[:1], **common),
-                  progress.append, models=component_cache)
+    first = train(
+        make_config(tmp_path / "1", num_class_images=4, class_images=photos[:1], **common),
+        progress.append,
+        models=component_cache,
+    )
     assert first.class_images_generated == 3 and not first.stopped
     generating = [(p.step, p.total_steps) for p in progress if p.phase == "generating_class_images"]
     assert generating[0] == (0, 3) and generating[-1] == (3, 3)

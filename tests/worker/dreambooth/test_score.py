@@ -124,8 +124,13 @@ def test_clip_score_and_balance_map_into_unit_range():
 def test_step_scores_as_dict_is_rounded_json_that_reads_back():
     scores = StepScores(step=800, subject_fidelity=0.712345, prompt_fidelity=0.5, memorisation=0.25, score=1 / 3)
     data = json.loads(json.dumps(scores.as_dict()))
-    assert data == {"step": 800, "subject_fidelity": 0.7123, "prompt_fidelity": 0.5, "memorisation": 0.25,
-                    "score": 0.3333}
+    assert data == {
+        "step": 800,
+        "subject_fidelity": 0.7123,
+        "prompt_fidelity": 0.5,
+        "memorisation": 0.25,
+        "score": 0.3333,
+    }
     assert StepScores(**data).step == 800
 
 
@@ -143,7 +148,9 @@ def test_recommend_names_overfitting_when_prompt_fidelity_falls_late():
     ]
     recommendation = recommend(curve[::-1])
     assert recommendation.step == 600
-    assert recommendation.reason == "after step 600 prompt fidelity falls while subject fidelity stays flat: overfitting"
+    assert (
+        recommendation.reason == "after step 600 prompt fidelity falls while subject fidelity stays flat: overfitting"
+    )
 
 
 def test_recommend_the_last_step_when_subject_fidelity_still_rises():

@@ -24,8 +24,14 @@ def test_every_training_setting_is_a_core_option():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("snr_gamma", 0), ("sample_batch_size", 0), ("memory_profile", "max"), ("adam_beta1", 1.0),
-     ("checkpointing_steps", 0), ("text_encoder_lr", 1.0)],
+    [
+        ("snr_gamma", 0),
+        ("sample_batch_size", 0),
+        ("memory_profile", "max"),
+        ("adam_beta1", 1.0),
+        ("checkpointing_steps", 0),
+        ("text_encoder_lr", 1.0),
+    ],
 )
 def test_out_of_range_settings_are_refused(field: str, value):
     with pytest.raises(ValueError, match=field):
@@ -35,8 +41,14 @@ def test_out_of_range_settings_are_refused(field: str, value):
 def job_with(settings: dict, photo_kinds: tuple[str, ...]) -> Job:
     job_id = uuid.uuid4()
     photos = [
-        Photo(kind=kind, position=i, path=f"jobs/{job_id.hex}/{kind}-photos/{i:04d}.png", width=64, height=64,
-              sha256="0" * 64)
+        Photo(
+            kind=kind,
+            position=i,
+            path=f"jobs/{job_id.hex}/{kind}-photos/{i:04d}.png",
+            width=64,
+            height=64,
+            sha256="0" * 64,
+        )
         for i, kind in enumerate(photo_kinds)
     ]
     return Job(id=job_id, settings=settings, photos=photos)
@@ -56,8 +68,9 @@ def test_face_preset_reaches_the_core_with_class_photos_and_resume(data_dir: Pat
 
 
 def test_user_checkpoint_settings_win():
-    settings = TrainingSettings(instance_prompt="x", base_model="builtin:tiny", checkpointing_steps=7,
-                                checkpoints_total_limit=3)
+    settings = TrainingSettings(
+        instance_prompt="x", base_model="builtin:tiny", checkpointing_steps=7, checkpoints_total_limit=3
+    )
     config = training_config(job_with(settings.model_dump(mode="json"), ("instance",)))
     # note: the user's limit bounds the kept validation weights; the resume state keeps the newest only
     assert (config.checkpointing_steps, config.kept_steps_limit, config.checkpoints_total_limit) == (7, 3, 1)
@@ -71,13 +84,24 @@ def test_a_new_attempt_keeps_only_the_saved_training_state_and_validation_output
     settings = TrainingSettings(instance_prompt="x", base_model="builtin:tiny").model_dump(mode="json")
     job = job_with(settings, ("instance",))
     output = storage.job_dir(job.id) / "output"
-    for stale in ("samples/400-0.png", "checkpoints/model-fp16.safetensors", "pipeline/model_index.json",
-                  "training-state/checkpoint-100/state.json", "steps/step-80/unet/config.json", "evaluation.json"):
+    for stale in (
+        "samples/400-0.png",
+        "checkpoints/model-fp16.safetensors",
+        "pipeline/model_index.json",
+        "training-state/checkpoint-100/state.json",
+        "steps/step-80/unet/config.json",
+        "evaluation.json",
+    ):
         (output / stale).parent.mkdir(parents=True, exist_ok=True)
         (output / stale).write_text("x")
     config = training_config(job)
     # note: the core itself drops the validation outputs after the resumed step (validate.forget_after)
-    assert sorted(p.name for p in config.output_dir.iterdir()) == ["evaluation.json", "samples", "steps", "training-state"]
+    assert sorted(p.name for p in config.output_dir.iterdir()) == [
+        "evaluation.json",
+        "samples",
+        "steps",
+        "training-state",
+    ]
     assert (output / "training-state" / "checkpoint-100" / "state.json").exists()
 
 

@@ -37,14 +37,17 @@ def test_stopped_run_resumes_to_the_same_weights(
     straight = train(make_config(tmp_path / "straight", **RESUMABLE), models=component_cache)
 
     steps: list[int] = []
-    record = lambda p: steps.append(p.step) if p.phase == "training" else None  # noqa: E731
+    record = lambda p: steps.append(p.step) if p.phase == "training" else None
     first = train(make_config(tmp_path / "broken", **RESUMABLE), record, lambda: len(steps) >= 3, component_cache)
     assert first.stopped and first.final_step == 3
     assert [p.name for p in saved_states(tmp_path / "broken")] == ["checkpoint-3"]
 
     progress: list[Progress] = []
-    resumed = train(make_config(tmp_path / "broken", resume_from_checkpoint="latest", **RESUMABLE), progress.append,
-                    models=component_cache)
+    resumed = train(
+        make_config(tmp_path / "broken", resume_from_checkpoint="latest", **RESUMABLE),
+        progress.append,
+        models=component_cache,
+    )
     assert resumed.resumed_from_step == 3 and resumed.final_step == 6
     assert [p.step for p in progress if p.phase == "training"] == [4, 5, 6]
     for part in ("unet", "text_encoder"):
@@ -54,8 +57,9 @@ def test_stopped_run_resumes_to_the_same_weights(
 
 
 def test_states_are_whole_and_limited(make_config: Callable[..., TrainConfig], tmp_path: Path, component_cache):
-    config = make_config(tmp_path, max_train_steps=3, checkpointing_steps=1, checkpoints_total_limit=2,
-                         validation_inference_steps=1)
+    config = make_config(
+        tmp_path, max_train_steps=3, checkpointing_steps=1, checkpoints_total_limit=2, validation_inference_steps=1
+    )
     train(config, models=component_cache)
     assert [p.name for p in saved_states(tmp_path)] == ["checkpoint-2", "checkpoint-3"]
     latest = find_state(tmp_path, "latest")
@@ -72,8 +76,12 @@ def test_states_are_whole_and_limited(make_config: Callable[..., TrainConfig], t
 def test_resume_refuses_a_state_of_another_kind_of_run(
     make_config: Callable[..., TrainConfig], tmp_path: Path, component_cache
 ):
-    train(make_config(tmp_path, max_train_steps=1, checkpointing_steps=1, validation_inference_steps=1),
-          models=component_cache)
+    train(
+        make_config(tmp_path, max_train_steps=1, checkpointing_steps=1, validation_inference_steps=1),
+        models=component_cache,
+    )
     with pytest.raises(ValueError, match="train_text_encoder"):
-        train(make_config(tmp_path, max_train_steps=2, train_text_encoder=True, resume_from_checkpoint="latest"),
-              models=component_cache)
+        train(
+            make_config(tmp_path, max_train_steps=2, train_text_encoder=True, resume_from_checkpoint="latest"),
+            models=component_cache,
+        )

@@ -35,7 +35,10 @@ def pixels(path: Path) -> np.ndarray:
 def validated(make_config: Callable[..., TrainConfig], tmp_path_factory: pytest.TempPathFactory):
     """A 5-step run validating every 2 steps (and at the last), with what it reported."""
     config = make_config(
-        tmp_path_factory.mktemp("validated"), max_train_steps=5, validation_steps=2, validation_prompts=PROMPTS,
+        tmp_path_factory.mktemp("validated"),
+        max_train_steps=5,
+        validation_steps=2,
+        validation_prompts=PROMPTS,
         validation_inference_steps=2,
     )
     reports: list[Validation] = []
@@ -43,7 +46,7 @@ def validated(make_config: Callable[..., TrainConfig], tmp_path_factory: pytest.
 
 
 def test_samples_come_at_the_validation_steps_with_the_same_seeds(validated):
-    config, result, reports = validated
+    _config, result, reports = validated
     assert [report.step for report in reports] == [2, 4, 5]
     for report in reports:
         assert [(s.prompt, s.seed, s.step) for s in report.samples] == [
@@ -56,7 +59,9 @@ def test_samples_come_at_the_validation_steps_with_the_same_seeds(validated):
 def test_each_intermediate_step_keeps_its_weights_and_the_last_is_the_pipeline(validated):
     config, result, reports = validated
     assert [report.weights_dir for report in reports] == [
-        config.output_dir / "steps" / "step-2", config.output_dir / "steps" / "step-4", None
+        config.output_dir / "steps" / "step-2",
+        config.output_dir / "steps" / "step-4",
+        None,
     ]
     assert reports[-1].kept_steps == (2, 4) and set(result.kept_steps) == {2, 4}
     # note: only what training changed is kept: the UNet (the text encoder was frozen)
@@ -67,9 +72,11 @@ def test_each_intermediate_step_keeps_its_weights_and_the_last_is_the_pipeline(v
 def test_kept_weights_are_exactly_what_the_loop_had_at_that_step(
     validated, make_config: Callable[..., TrainConfig], tmp_path: Path
 ):
-    config, result, _ = validated
+    _config, result, _ = validated
     # note: the same seed trains the same first two steps, so a 2-step run ends where the 5-step run was at step 2
-    short = train(make_config(tmp_path, max_train_steps=2, validation_prompts=PROMPTS[:1], validation_inference_steps=1))
+    short = train(
+        make_config(tmp_path, max_train_steps=2, validation_prompts=PROMPTS[:1], validation_inference_steps=1)
+    )
     assert not changed(weights(result.kept_steps[2] / "unet"), weights(short.pipeline_dir / "unet"))
 
 
@@ -79,8 +86,14 @@ def test_a_kept_step_resamples_its_sample_exactly(validated, tmp_path: Path):
     pipeline.unet.load_state_dict(weights(result.kept_steps[4] / "unet"))
     first = reports[1].samples[0]
     again = sample_images(
-        pipeline, [first.prompt], [first.seed], config.validation_inference_steps, config.guidance_scale,
-        config.resolution, tmp_path, step=first.step,
+        pipeline,
+        [first.prompt],
+        [first.seed],
+        config.validation_inference_steps,
+        config.guidance_scale,
+        config.resolution,
+        tmp_path,
+        step=first.step,
     )
     assert np.array_equal(pixels(again[0].path), pixels(first.path))
 
@@ -129,7 +142,11 @@ def test_resuming_forgets_every_validation_output_after_the_saved_step(tmp_path:
 
 def test_a_scored_run_recommends_a_kept_step_and_says_why(make_config, tmp_path: Path):
     config = make_config(
-        tmp_path, max_train_steps=4, validation_steps=2, validation_inference_steps=1, scorer_model="builtin:tiny-clip",
+        tmp_path,
+        max_train_steps=4,
+        validation_steps=2,
+        validation_inference_steps=1,
+        scorer_model="builtin:tiny-clip",
         kept_steps_limit=1,
     )
     reports: list[Validation] = []
