@@ -6,7 +6,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from backend.schemas import ErrorOut, Prompt, Scheduler
+from backend.schemas import ErrorOut
+from backend.training_settings import Prompt, Scheduler
 
 NegativePrompt = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
 MAX_IMAGES = 8  # per generation

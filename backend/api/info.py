@@ -1,4 +1,4 @@
-"""Server facts for clients: the training presets, base models offered, GPU and demo mode, limits."""
+"""Server facts for clients: the training settings and presets, base models offered, GPU and demo mode, limits."""
 
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
@@ -9,6 +9,7 @@ from backend.auth import get_current_user
 from backend.presets import PRESETS
 from backend.schemas import InfoOut, PresetOut
 from backend.settings import get_settings, gpu_present
+from backend.training_settings import SettingsOut, describe_settings
 
 router = APIRouter(prefix="/api", tags=["info"], dependencies=[Depends(get_current_user)])
 
@@ -17,6 +18,12 @@ router = APIRouter(prefix="/api", tags=["info"], dependencies=[Depends(get_curre
 def list_presets() -> list[PresetOut]:
     """Starting points from the Dreambooth study: object, face, custom."""
     return [PresetOut(**asdict(preset)) for preset in PRESETS.values()]
+
+
+@router.get("/training-settings")
+def training_settings() -> SettingsOut:
+    """Every training setting: type, default, range or choices, one-line help, and its group on the page."""
+    return describe_settings()
 
 
 @router.get("/info")

@@ -5,8 +5,8 @@ from pydantic import ValidationError
 
 from backend.errors import InvalidInput, invalid_field
 from backend.images import IngestedPhoto, ingest_photo
-from backend.schemas import TrainingSettings
 from backend.settings import get_settings
+from backend.training_settings import TrainingSettings
 
 
 def parse_training_settings(raw: str) -> dict:

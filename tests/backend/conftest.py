@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from backend import jobs
 from backend.images import ingest_photo
 from backend.models import Job, User
-from backend.schemas import TrainingSettings
+from backend.training_settings import TrainingSettings
 
 DOG = {"instance_prompt": "a photo of rufus the dog"}
 

@@ -28,3 +28,39 @@ def test_info_describes_the_server(client, auth_headers):
 def test_info_and_presets_need_a_token(client):
     assert client.get("/api/info").status_code == 401
     assert client.get("/api/presets").status_code == 401
+
+
+def test_training_settings_describe_every_field_with_its_range_default_and_help(client, auth_headers):
+    from backend.training_settings import GROUPS, TrainingSettings
+
+    response = client.get("/api/training-settings", headers=auth_headers)
+    assert response.status_code == 200
+    described = response.json()
+    assert described["groups"] == list(GROUPS)
+    settings = {setting["name"]: setting for setting in described["settings"]}
+    assert list(settings) == list(TrainingSettings.model_fields)
+    assert all(setting["help"] and setting["group"] in GROUPS for setting in settings.values())
+    assert settings["max_train_steps"] | {"help": ""} == settings["max_train_steps"] | {
+        "type": "int", "default": 400, "minimum": 1, "maximum": 20000, "exclusive_minimum": False, "help": "",
+    }  # fmt: skip
+    assert (settings["learning_rate"]["minimum"], settings["learning_rate"]["exclusive_minimum"]) == (0, True)
+    assert settings["resolution"]["multiple_of"] == 64
+    assert settings["validation_scheduler"]["choices"][0] == "ddim"
+    assert settings["seed"]["nullable"] and settings["seed"]["default"] is None
+    assert settings["instance_prompt"]["required"]
+    assert settings["validation_prompts"] | {"help": ""} == settings["validation_prompts"] | {
+        "type": "list", "default": [], "max_items": 8, "help": "",
+    }  # fmt: skip
+    assert settings["lora_rank"]["shown_when"] == {"training_method": "lora"}
+    assert client.get("/api/training-settings").status_code == 401
+
+
+def test_lora_with_ema_names_the_setting_to_change(client, auth_headers, photo_bytes):
+    import json
+
+    settings = {"instance_prompt": "a photo of rufus dog", "training_method": "lora", "use_ema": True}
+    files = [("photos", (f"{i}.png", photo_bytes(), "image/png")) for i in range(3)]
+    response = client.post("/api/jobs", data={"settings": json.dumps(settings)}, files=files, headers=auth_headers)
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "settings.use_ema"
+    assert "training_method lora" in response.json()["error"]["message"]

@@ -11,7 +11,7 @@ from backend.auth import create_token, issue_token, revoke_token
 from backend.generation_schemas import GenerationCreate
 from backend.images import ingest_photo
 from backend.models import ApiToken, Artifact, Generation, Job, JobStatus
-from backend.schemas import TrainingSettings
+from backend.training_settings import TrainingSettings
 
 # (method, path template, the owner's status)
 ID_ROUTES = [

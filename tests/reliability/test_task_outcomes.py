@@ -11,8 +11,8 @@ from sqlalchemy.exc import OperationalError
 from backend import jobs, storage
 from backend.images import ingest_photo
 from backend.models import Job, User
-from backend.schemas import TrainingSettings
 from backend.settings import get_settings
+from backend.training_settings import TrainingSettings
 from worker import tasks
 from worker.dreambooth.config import TrainResult
 

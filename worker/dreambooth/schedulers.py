@@ -10,7 +10,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-# The API's names (backend.schemas.Scheduler) -> the diffusers class and the options that make it that sampler.
+# The API's names (backend.training_settings.Scheduler) -> the diffusers class and the options making that sampler.
 SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
     # note: the study found DDIM rescues overfit Dreambooth models; it is every default here
     "ddim": (DDIMScheduler, {}),

@@ -9,7 +9,7 @@ import pytest
 
 from backend import storage
 from backend.models import Job, Photo
-from backend.schemas import TrainingSettings
+from backend.training_settings import TrainingSettings
 from worker.dreambooth.config import TrainConfig
 from worker.tasks import JobError, _train, default_checkpointing_steps, training_config
 
