@@ -36,14 +36,14 @@ from backend.models import Artifact, Job, JobStatus
 
 # note: the one module of the core the API uses: plain Python, so the exports here and the worker's own
 # single files hold the same names (test_torch_free keeps it that way)
-from worker.dreambooth import layout
+from formats import single_file as layout
+from formats.lora import LORA_FILES, LORA_FORMATS
 
 log = logging.getLogger(__name__)
 
-Format = Literal["single", "diffusers", "lora", "lora_kohya"]
+Format = Literal["single", "diffusers", "lora", "lora_kohya"]  # note: the LoRA ones are formats.lora.LORA_FORMATS
 Dtype = Literal["fp16", "fp32"]
 
-LORA_FORMATS = ("lora", "lora_kohya")
 # A LoRA job's kept step: its weights folder holds one file per LoRA format.
 # Artifacts that hold a step's weights: the steps a download may ask for.
 STEP_KINDS = ("checkpoint", "pipeline", "weights")
@@ -182,7 +182,7 @@ def _lora_file(job: Job, checkpoint_format: Format, dtype: Dtype, step: int, ste
     if source is not None:
         path = storage.resolve(source.path)
     elif (source := _find(job, "weights", step, "lora")) is not None:
-        path = storage.resolve(source.path) / layout.LORA_FILES[checkpoint_format]
+        path = storage.resolve(source.path) / LORA_FILES[checkpoint_format]
     else:
         raise NotFound(f"this job kept no LoRA weights at step {step}")
     filename = f"{stem}-{checkpoint_format.replace('_', '-')}.safetensors"

@@ -24,6 +24,7 @@ from backend.jobs import Lease, LeaseLost
 from backend.models import Artifact, Job, JobStatus
 from backend.queue import TRAIN_TASK
 from backend.settings import get_settings
+from formats.lora import LORA_FORMATS
 from worker.celery_app import app
 from worker.dreambooth.config import STATE_DIR, TrainConfig, TrainResult
 from worker.dreambooth.errors import JobError
@@ -34,8 +35,6 @@ log = logging.getLogger(__name__)
 
 # Server jobs save their training state at least this often (in steps), so a dead worker's job loses little.
 MAX_CHECKPOINT_INTERVAL = 500
-
-LORA_FORMATS = ("lora", "lora_kohya")
 
 # What a resumed attempt keeps of an earlier one's outputs (besides the training state).
 VALIDATION_OUTPUTS = (SAMPLES_DIR, STEPS_DIR, EVALUATION_FILE)

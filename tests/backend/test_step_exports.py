@@ -16,7 +16,7 @@ from safetensors.numpy import load, load_file, save_file
 
 from backend import exports, jobs, storage
 from backend.models import Artifact, Job, JobStatus
-from worker.dreambooth import layout
+from formats.lora import LORA_FILES
 
 FINAL, WITH_TEXT_ENCODER, UNET_ONLY = 400, 200, 100  # kept steps: at 200 the text encoder was trained too
 LORA_STEP = 200
@@ -54,7 +54,7 @@ def lora_files(folder: Path, seed: int) -> dict[str, Path]:
     down, up = rng.standard_normal((4, 32), np.float32), rng.standard_normal((32, 4), np.float32)
     module = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
     folder.mkdir(parents=True)
-    paths = {format_: folder / name for format_, name in layout.LORA_FILES.items()}
+    paths = {format_: folder / name for format_, name in LORA_FILES.items()}
     save_file(
         {f"unet.{module}.lora_A.weight": down, f"unet.{module}.lora_B.weight": up},
         paths["lora"],
@@ -340,7 +340,7 @@ def test_simultaneous_requests_for_a_step_build_it_once(client, full_job, owner,
 @pytest.mark.parametrize("lora_format", ["lora", "lora_kohya"])
 @pytest.mark.parametrize("step", [FINAL, LORA_STEP])
 def test_lora_files_download_at_every_kept_step(client, lora_job, owner, trained, lora_format, step):
-    source = trained.lora[lora_format] if step == FINAL else trained.lora_weights / layout.LORA_FILES[lora_format]
+    source = trained.lora[lora_format] if step == FINAL else trained.lora_weights / LORA_FILES[lora_format]
     url = f"/api/jobs/{lora_job.id}/checkpoint?format={lora_format}&step={step}"
     fp32 = client.get(url + "&dtype=fp32", headers=owner[1])
     assert fp32.status_code == 200 and fp32.content == source.read_bytes()  # note: sent as it is

@@ -24,5 +24,5 @@ def test_backend_imports_no_ml_stack():
 
 
 def test_the_original_layout_names_are_plain_python():
-    """backend/exports.py streams single files by worker/dreambooth/layout.py's names, as export.py writes them."""
-    assert_imports_none_of("worker.dreambooth.layout", ML_STACK | {"numpy", "safetensors", "backend"})
+    """backend/exports.py streams single files by formats/single_file.py's names, as the worker writes them."""
+    assert_imports_none_of("formats.single_file", ML_STACK | {"numpy", "safetensors", "backend", "worker"})

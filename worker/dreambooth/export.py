@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import layout
+from formats import single_file as layout
+
 from .config import TrainConfig
 from .files import atomic_file
 

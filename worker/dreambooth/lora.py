@@ -31,8 +31,9 @@ from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import save_file
 
+from formats.lora import LORA_FILES
+
 from .files import atomic_file
-from .layout import LORA_FILES
 
 log = logging.getLogger(__name__)
 

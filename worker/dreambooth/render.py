@@ -13,9 +13,10 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel
 
+from formats.lora import LORA_FILES
+
 from .components import model_identity, resolve_base_model
 from .files import atomic_file
-from .layout import LORA_FILES
 from .schedulers import make_scheduler
 
 log = logging.getLogger(__name__)

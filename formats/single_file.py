@@ -6,8 +6,9 @@ diffusers only converts the other way (loaders/single_file_utils.py), so the tab
 rules read backwards, built from each model's config rather than hard-coded for SD 1.5.
 The text encoder is written in SD 1.x's CLIP layout (SD 2.x's OpenCLIP layout is not produced).
 
-Plain Python on purpose (no torch, no numpy): the worker renames whole state dicts with it (export.py),
-and the API process streams a kept step's single file one tensor at a time (backend/exports.py).
+Plain Python on purpose (no torch, no numpy): the worker renames whole state dicts with it
+(worker/dreambooth/export.py), and the API process streams a kept step's single file one tensor at a time
+(backend/exports.py).
 Both go through `original_names`, so their files hold the same names and shapes.
 """
 
@@ -21,10 +22,6 @@ TEXT_PREFIX = "cond_stage_model.transformer.text_model."
 POSITION_EMBEDDING = TEXT_PREFIX + "embeddings.position_embedding.weight"
 # note: SD 1.x's original files carry the position-id buffer too (int64, shape (1, positions)); ours do as well
 POSITION_IDS = TEXT_PREFIX + "embeddings.position_ids"
-
-# A LoRA run's two files, in a LoRA job's output and in each kept step's folder (lora.py writes them):
-# diffusers' own layout (its default file name), and kohya's, which AUTOMATIC1111 and ComfyUI load.
-LORA_FILES = {"lora": "pytorch_lora_weights.safetensors", "lora_kohya": "kohya.safetensors"}
 
 # A table maps a diffusers module path to (ldm module path, renames of the names inside it).
 Table = dict[str, tuple[str, dict[str, str]]]
