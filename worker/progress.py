@@ -15,7 +15,7 @@ from backend.jobs import Lease, LeaseLost
 from backend.models import Artifact
 from backend.settings import get_settings
 from worker.dreambooth.config import MemoryPlan, Progress
-from worker.dreambooth.validate import Validation
+from worker.dreambooth.steps import Validation
 
 log = logging.getLogger(__name__)
 

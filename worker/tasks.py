@@ -28,7 +28,7 @@ from formats.lora import LORA_FORMATS
 from worker.celery_app import app
 from worker.dreambooth.config import STATE_DIR, TrainConfig, TrainResult
 from worker.dreambooth.errors import JobError
-from worker.dreambooth.validate import EVALUATION_FILE, SAMPLES_DIR, STEPS_DIR
+from worker.dreambooth.steps import EVALUATION_FILE, SAMPLES_DIR, STEPS_DIR
 from worker.progress import JobReporter
 
 log = logging.getLogger(__name__)

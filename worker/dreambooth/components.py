@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.training_utils import free_memory
 from huggingface_hub import try_to_load_from_cache
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -118,3 +119,24 @@ def frozen_on(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) 
     if first.device == device and first.dtype == dtype:
         return model
     return copy.deepcopy(model).to(device, dtype=dtype)
+
+
+def pipeline_for(parts: Components, unet: torch.nn.Module, vae, text_encoder) -> StableDiffusionPipeline:
+    """A pipeline of the base model's tokenizer and schedule with these models, sampling with DDIM."""
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=parts.tokenizer,
+        unet=unet,
+        # note: the study found DDIM best on overfit models, so the saved pipeline defaults to it
+        scheduler=DDIMScheduler.from_config(parts.noise_scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def release(device: torch.device) -> None:
+    """Hand freed GPU memory back; on the CPU, dropped tensors are already freed (and gc.collect is slow)."""
+    if device.type == "cuda":
+        free_memory()

@@ -1,4 +1,7 @@
-"""Photos as training tensors and latents: PIL and torch only (no torchvision)."""
+"""What a training step is made of: photos as latents, prompts as embeddings, batches of indices.
+
+PIL and torch only (no torchvision).
+"""
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -101,3 +104,36 @@ class LatentSource:
             means.append(dist.mean.float())
             stds.append(dist.std.float())
         return torch.cat(means), torch.cat(stds)
+
+
+def batch_order(
+    count: int, batch_size: int, micro_steps: int, generator: torch.Generator, start_step: int
+) -> Iterator[torch.Tensor]:
+    """Index batches into the photo set; on resume, replayed up to where the saved run stopped."""
+    order = batches(count, batch_size, generator)
+    for _ in range(start_step * micro_steps):
+        next(order)
+    return order
+
+
+class PromptEmbeddings:
+    """Text-encoder outputs for the instance prompt (and the class prompt) expanded to a batch.
+
+    The prompts are the same for every image of a half-batch, so the encoder runs on the distinct
+    prompts only: once up front when frozen, once per micro-step (with gradients) when trained.
+    """
+
+    def __init__(self, tokenizer, text_encoder: torch.nn.Module, prompts: list[str], trained: bool):
+        ids = tokenizer(
+            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
+        self.ids = ids.to(text_encoder.device)
+        self.text_encoder = text_encoder if trained else None
+        if not trained:
+            with torch.no_grad():
+                self.cached = text_encoder(self.ids).last_hidden_state
+
+    def __call__(self, instances: int, classes: int) -> torch.Tensor:
+        embeddings = self.cached if self.text_encoder is None else self.text_encoder(self.ids).last_hidden_state
+        which = torch.tensor([0] * instances + [1] * classes, device=embeddings.device)
+        return embeddings[which]

@@ -1,6 +1,7 @@
-"""Export a diffusers pipeline folder as one .safetensors file in the original Stable Diffusion layout.
+"""Export a trained run: the diffusers pipeline folder, LoRA files, and single .safetensors files in the
+original Stable Diffusion layout.
 
-AUTOMATIC1111 and ComfyUI load the CompVis/ldm layout; layout.py names where each weight goes there.
+AUTOMATIC1111 and ComfyUI load the CompVis/ldm layout; formats/single_file.py names where each weight goes.
 
 The header carries ModelSpec metadata (github.com/Stability-AI/ModelSpec), the keys AUTOMATIC1111,
 ComfyUI and model browsers read, plus how the model was trained: see `checkpoint_metadata`.
@@ -17,8 +18,11 @@ from safetensors.torch import load_file, save_file
 
 from formats import single_file as layout
 
+from .components import Components, pipeline_for, release
 from .config import TrainConfig
-from .files import atomic_file
+from .files import atomic_dir, atomic_file
+from .lora import lora_settings, merged_into_base, save_lora
+from .trainees import Trainees
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,30 @@ MODELSPEC_LAYOUT = {
 }
 PREDICTION_TYPES = {"epsilon": "epsilon", "v_prediction": "v"}  # diffusers' name -> ModelSpec's
 SD_LICENSE = "CreativeML Open RAIL-M"  # Stable Diffusion 1.x's weights, and so every fine-tune of them
+
+
+def export_run(config: TrainConfig, parts: Components, run: Trainees, step: int) -> tuple[Path, dict[str, Path]]:
+    """Write the trained pipeline folder and the single files (LoRA runs: the LoRA files first); returns the
+    folder and the files by name ("fp16", "fp32", "lora", "lora_kohya"). The run ends here (Trainees.finish)."""
+    device = run.accelerator.device
+    unet, text_encoder = run.finish()
+    release(device)
+    metadata = checkpoint_metadata(config, step)
+    checkpoints = {}
+    if config.training_method == "lora":
+        checkpoints |= save_lora(config.output_dir / "lora", unet, text_encoder, lora_settings(config), metadata)
+        unet, text_encoder = merged_into_base(parts, config.output_dir / "lora", config.train_text_encoder)
+    pipeline_dir = config.output_dir / "pipeline"
+    # note: the exported pipeline holds the untouched fp32 frozen parts, so exports carry the base weights exactly
+    pipeline = pipeline_for(parts, unet, vae=parts.vae, text_encoder=text_encoder or parts.text_encoder)
+    with atomic_dir(pipeline_dir) as tmp:
+        pipeline.save_pretrained(tmp, safe_serialization=True)
+    del pipeline, unet, text_encoder
+    release(device)
+    for dtype in ("fp16", "fp32"):
+        path = config.output_dir / "checkpoints" / f"model-{dtype}.safetensors"
+        checkpoints[dtype] = export_single_file(pipeline_dir, path, dtype, metadata)
+    return pipeline_dir, checkpoints
 
 
 def checkpoint_metadata(config: TrainConfig, step: int) -> dict[str, str]:

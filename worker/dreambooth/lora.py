@@ -33,6 +33,8 @@ from safetensors.torch import save_file
 
 from formats.lora import LORA_FILES
 
+from .components import Components, pipeline_for
+from .config import TrainConfig
 from .files import atomic_file
 
 log = logging.getLogger(__name__)
@@ -153,6 +155,24 @@ def save_lora(
         "saved LoRA (%d UNet tensors, %d text encoder tensors) to %s", len(unet_layers), len(text_layers or {}), folder
     )
     return paths
+
+
+def lora_settings(config: TrainConfig) -> LoraSettings:
+    return LoraSettings(rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout)
+
+
+def merged_into_base(parts: Components, lora_dir: Path, text_encoder_trained: bool):
+    """The base model's fp32 UNet (and text encoder) with the saved LoRA merged in: what a full export holds.
+
+    Merged into fresh copies of the untouched fp32 base (the run may have trained over an fp16 one), through
+    diffusers' own loader, so the export is what anyone loading the LoRA file onto the base would get.
+    """
+    text_encoder = copy.deepcopy(parts.text_encoder) if text_encoder_trained else parts.text_encoder
+    pipeline = pipeline_for(parts, copy.deepcopy(parts.unet), vae=parts.vae, text_encoder=text_encoder)
+    pipeline.load_lora_weights(lora_dir, weight_name=LORA_FILE)
+    pipeline.fuse_lora()
+    pipeline.unload_lora_weights()
+    return pipeline.unet, pipeline.text_encoder if text_encoder_trained else None
 
 
 def fuse(

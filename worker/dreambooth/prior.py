@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-from .components import Components, frozen_on
+from .components import Components, frozen_on, release
+from .config import Progress, TrainConfig
 from .files import atomic_file
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,43 @@ def class_image_folder(cache_dir: Path, spec: ClassImageSpec) -> Path:
 
 def class_image_path(folder: Path, index: int) -> Path:
     return folder / f"{index:05d}.jpg"
+
+
+def prepare_class_images(
+    config: TrainConfig,
+    parts: Components,
+    device: torch.device,
+    on_progress: Callable[[Progress], None],
+    should_stop: Callable[[], bool],
+) -> tuple[tuple[Path, ...], int] | None:
+    """Uploaded class photos first, then generated ones from the cache: (paths, generated now), or None if stopped."""
+    uploaded = config.class_images[: config.num_class_images]
+    needed = config.num_class_images - len(uploaded)
+    if needed == 0:
+        return uploaded, 0
+    spec = ClassImageSpec(
+        model=parts.identity,
+        prompt=config.class_prompt,
+        negative_prompt=config.class_negative_prompt,
+        resolution=config.resolution,
+        num_inference_steps=config.class_inference_steps,
+        guidance_scale=config.class_guidance_scale,
+    )
+    folder = class_image_folder(config.class_cache_dir, spec)
+    started = time.monotonic()
+
+    def report(made: int, total: int) -> None:
+        eta = (time.monotonic() - started) / made * (total - made) if made else None
+        on_progress(Progress("generating_class_images", made, total, None, eta))
+
+    generated = fill_class_images(
+        folder, spec, needed, lambda: generation_pipeline(parts, device), config.sample_batch_size, report, should_stop
+    )
+    release(device)
+    if generated is None:
+        return None
+    evict_class_images(config.class_cache_dir, config.class_cache_max_bytes, keep=folder)
+    return uploaded + tuple(class_image_path(folder, i) for i in range(needed)), generated
 
 
 def generation_pipeline(parts: Components, device: torch.device) -> StableDiffusionPipeline:

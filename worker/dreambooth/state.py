@@ -6,6 +6,7 @@ and `state.json` (the step and what the run trained). Each folder is written to 
 renamed into place, so a crash mid-save leaves the previous state as the latest.
 """
 
+import dataclasses
 import json
 import logging
 import re
@@ -15,8 +16,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import STATE_DIR
+from .config import STATE_DIR, TrainConfig
 from .files import atomic_dir
+from .trainees import Trainees
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +78,80 @@ def load_state(path: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]], di
     weights = {file.stem: load_file(file) for file in path.glob("*.safetensors")}
     trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
     return info, weights, trainer
+
+
+# ---------------------------------------------------------------------- a run's state
+
+
+# What a saved state records of the run, so a resume can refuse a state of a different kind of run.
+RUN_KIND = ("base_model", "train_text_encoder", "use_ema", "training_method", "lora_rank")
+
+
+def save_run(config: TrainConfig, run: Trainees, step: int, base_seed: int) -> Path:
+    """Save the run at `step`: trained weights, optimizer, schedule, EMA, scaler and random generators."""
+    unet, text_encoder = run.unwrapped()
+    weights = {"unet": _trained_state(unet, config)}
+    if text_encoder is not None:
+        weights["text_encoder"] = _trained_state(text_encoder, config)
+    scaler = run.accelerator.scaler
+    trainer = {
+        "optimizer": run.optimizer.state_dict(),
+        "lr_scheduler": run.lr_scheduler.state_dict(),
+        "ema": run.ema.state_dict() if run.ema is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        # note: not order_gen: the batch order is replayed from the seed (see data.batch_order)
+        "generators": {name: getattr(run, name).get_state() for name in ("data_gen", "noise_gen")},
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    info = {
+        "base_seed": base_seed,
+        **{name: getattr(config, name) for name in RUN_KIND},
+        "optimizer": type(run.optimizer.optimizer).__name__,
+    }
+    return save_state(config.output_dir, step, weights, trainer, info, config.checkpoints_total_limit)
+
+
+def check_resumable(info: dict, config: TrainConfig) -> None:
+    """Refuse a saved state of a different kind of run (its weights or moments would not fit)."""
+    defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+    for name in RUN_KIND:
+        # note: states saved before a setting existed were saved with its default
+        if info.get(name, defaults.get(name)) != getattr(config, name):
+            raise ValueError(f"the saved training state has {name}={info[name]!r}, this run {getattr(config, name)!r}")
+
+
+def restore_run(saved: tuple, run: Trainees, config: TrainConfig) -> int:
+    """Load a saved state into the run; returns its step."""
+    info, weights, trainer = saved
+    # note: a LoRA state holds the adapters only; the base weights are the base model's
+    strict = config.training_method != "lora"
+    unet, text_encoder = run.unwrapped()
+    unet.load_state_dict(weights["unet"], strict=strict)
+    if text_encoder is not None:
+        text_encoder.load_state_dict(weights["text_encoder"], strict=strict)
+    if info["optimizer"] == type(run.optimizer.optimizer).__name__:
+        run.optimizer.load_state_dict(trainer["optimizer"])
+    else:
+        # note: memory_profile "auto" may pick another optimizer on another GPU; its moments then start afresh
+        log.warning("saved optimizer %s differs from this run's; its state starts afresh", info["optimizer"])
+    run.lr_scheduler.load_state_dict(trainer["lr_scheduler"])
+    if run.ema is not None:
+        run.ema.load_state_dict(trainer["ema"])
+        run.ema.to(run.accelerator.device)
+    if run.accelerator.scaler is not None and trainer["scaler"]:
+        run.accelerator.scaler.load_state_dict(trainer["scaler"])
+    for name, state in trainer["generators"].items():
+        getattr(run, name).set_state(state)
+    torch.set_rng_state(trainer["torch_rng"])
+    if trainer["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(trainer["cuda_rng"])
+    return info["step"]
+
+
+def _trained_state(model: torch.nn.Module, config: TrainConfig) -> dict[str, torch.Tensor]:
+    """What a saved training state must hold of a model: every weight, or a LoRA run's adapters only."""
+    state = model.state_dict()
+    if config.training_method == "lora":
+        return {key: value for key, value in state.items() if ".lora_A." in key or ".lora_B." in key}
+    return state

@@ -1,180 +1,130 @@
-"""Validation: samples, kept weights and scores at several training steps, so a user can find the best one.
+"""The validator: at a validation step, sample the trained weights, keep them, score the samples, report.
 
-Dreambooth overfits fast and the right number of steps differs per subject (shared/STUDY.md). At each
-validation step the loop samples every validation prompt with the same seeds (steps compare like with
-like), keeps the weights of that step (so any of them can be exported or generated from), and scores
-the samples (subject fidelity, prompt fidelity, memorisation; see score.py) to recommend a step.
-
-On disk, under the run's output folder:
-- `samples/<step>-<index>.png`: the samples;
-- `steps/step-<step>/`: an intermediate step's trained weights, laid out like the pipeline folder
-  (`unet/`, plus `text_encoder/` when it is trained) or, for LoRA runs, the LoRA files;
-- `evaluation.json`: the scores so far, so a resumed run recommends from all of them.
-The final step's weights are the exported pipeline itself.
+Which steps are validated, where their outputs go and how they are scored is steps.py's bookkeeping.
 """
 
-import json
-import logging
-import math
-import re
-import shutil
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Sample, TrainConfig
-from .files import atomic_file
+import torch
+from accelerate import Accelerator
 
-log = logging.getLogger(__name__)
-
-STEPS_DIR = "steps"
-SAMPLES_DIR = "samples"
-EVALUATION_FILE = "evaluation.json"
-DEFAULT_POINTS = 5  # validation steps across a run when validation_steps is not set
-
-_STEP_DIR = re.compile(r"step-(\d+)")
-_SAMPLE = re.compile(r"(\d+)-\d+\.png")
-
-
-@dataclass(frozen=True)
-class Validation:
-    """What one validation step produced, as the loop reports it."""
-
-    step: int
-    samples: tuple[Sample, ...]
-    weights_dir: Path | None  # this step's kept weights; None at the final step (the pipeline holds them)
-    weights_format: str  # "diffusers" (a partial pipeline folder) | "lora"
-    kept_steps: tuple[int, ...]  # intermediate steps whose weights are still kept, after pruning
-    evaluation: dict | None  # scores so far and the recommended step (the API's Evaluation); None unscored
+from .components import Components, frozen_on, pipeline_for, release
+from .config import Progress, Sample, TrainConfig
+from .export import checkpoint_metadata
+from .files import atomic_dir
+from .lora import lora_settings, save_lora
+from .sample import sample_images
+from .steps import (
+    SAMPLES_DIR,
+    Evaluator,
+    Validation,
+    kept_step_dirs,
+    prune,
+    sample_seeds,
+    step_dir,
+    validation_prompts,
+)
+from .trainees import Trainees
 
 
-def validation_every(config: TrainConfig) -> int:
-    """Steps between validations: validation_steps, else about DEFAULT_POINTS points across the run."""
-    return config.validation_steps or max(1, math.ceil(config.max_train_steps / DEFAULT_POINTS))
+class Validator:
+    """Samples, keeps and scores the weights at a validation step, then reports it."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        parts: Components,
+        accelerator: Accelerator,
+        photos: list,
+        start: int,
+        on_progress: Callable[[Progress], None],
+        on_validation: Callable[[Validation], None],
+    ):
+        self.config, self.parts, self.accelerator = config, parts, accelerator
+        self.on_progress, self.on_validation = on_progress, on_validation
+        prompts = validation_prompts(config)
+        per_prompt = config.num_validation_images
+        self.prompts = [prompt for prompt, _ in prompts for _ in range(per_prompt)]
+        self.contexts = [context for _, context in prompts for _ in range(per_prompt)]
+        self.seeds = sample_seeds(config, len(self.prompts))
+        self.evaluator = Evaluator(
+            config, photos, accelerator.device, start, functools.partial(_scorer, models_dir=config.models_dir)
+        )
+        self.samples: list[Sample] = []
+        self.evaluation: dict | None = None
+
+    @torch.no_grad()
+    def __call__(self, step: int, run: Trainees) -> None:
+        config = self.config
+        self.on_progress(Progress("sampling", step, config.max_train_steps, None, None))
+        with run.evaluated() as (unet, text_encoder):
+            samples = self._sample(step, unet, text_encoder)
+            final = step == config.max_train_steps
+            weights_dir = self._keep(step, unet, text_encoder) if config.keep_step_weights and not final else None
+        release(self.accelerator.device)
+        self.samples += samples
+        self.evaluator.score(step, samples, self.contexts)
+        kept = kept_step_dirs(config.output_dir)
+        self.evaluation = self.evaluator.evaluation(set(kept) | {step})
+        recommended = self.evaluation["recommended_step"] if self.evaluation else None
+        kept = prune(kept, config.kept_steps_limit, protected={step, recommended})
+        self.on_validation(
+            Validation(
+                step=step,
+                samples=tuple(samples),
+                weights_dir=weights_dir,
+                weights_format="lora" if config.training_method == "lora" else "diffusers",
+                kept_steps=tuple(kept),
+                evaluation=self.evaluation,
+            )
+        )
+
+    def _sample(self, step: int, unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> list[Sample]:
+        config, accelerator, parts = self.config, self.accelerator, self.parts
+        device, dtype = accelerator.device, _weight_dtype(accelerator)
+        pipeline = pipeline_for(
+            parts,
+            unet,
+            vae=frozen_on(parts.vae, device, dtype),
+            text_encoder=text_encoder or frozen_on(parts.text_encoder, device, dtype),
+        )
+        with accelerator.autocast():
+            return sample_images(
+                pipeline, self.prompts, self.seeds, config.validation_inference_steps, config.guidance_scale,
+                config.resolution, config.output_dir / SAMPLES_DIR, step, scheduler=config.validation_scheduler,
+            )  # fmt: skip
+
+    def _keep(self, step: int, unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> Path:
+        """Save what training changed at this step: the LoRA files, or the trained models laid out like the
+        pipeline folder."""
+        path = step_dir(self.config.output_dir, step)
+        with atomic_dir(path) as tmp:
+            if self.config.training_method == "lora":
+                metadata = checkpoint_metadata(self.config, step)
+                save_lora(tmp, unet, text_encoder, lora_settings(self.config), metadata)
+            else:
+                unet.save_pretrained(tmp / "unet", safe_serialization=True)
+                if text_encoder is not None:
+                    text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+        return path
 
 
-def is_validation_step(config: TrainConfig, step: int) -> bool:
-    """Every validation_every steps, and always the last step."""
-    return step == config.max_train_steps or (step > 0 and step % validation_every(config) == 0)
+def _weight_dtype(accelerator: Accelerator) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
 
-def validation_prompts(config: TrainConfig) -> list[tuple[str, bool]]:
-    """(prompt, is a new-context prompt) pairs: the configured prompts, else the instance prompt and new contexts."""
-    prompts = list(config.validation_prompts)
-    if not prompts:
-        from .score import default_validation_prompts
-
-        prompts = default_validation_prompts(config.instance_prompt)
-    return [(prompt, prompt.strip() != config.instance_prompt.strip()) for prompt in prompts]
+# The scorer loaded last, by (model, device, models dir): a worker scores job after job with it.
+_SCORERS: dict[tuple, object] = {}
 
 
-def sample_seeds(config: TrainConfig, count: int) -> list[int]:
-    """The seed of each sample: the same at every step, so a prompt's column shows only what training changed."""
-    first = config.seed if config.seed is not None else 0
-    return [first + index for index in range(count)]
+def _scorer(model: str, device: torch.device, models_dir: Path):
+    """The scorer for `model`, loaded once per process (a worker scores many jobs)."""
+    from .score import Scorer
 
-
-def step_dir(output_dir: Path, step: int) -> Path:
-    return output_dir / STEPS_DIR / f"step-{step}"
-
-
-def kept_step_dirs(output_dir: Path) -> dict[int, Path]:
-    """The complete kept-weights folders by step (temporary folders of a crashed save are not listed)."""
-    root = output_dir / STEPS_DIR
-    found = {int(m.group(1)): p for p in root.glob("step-*") if (m := _STEP_DIR.fullmatch(p.name))}
-    return dict(sorted(found.items()))
-
-
-def forget_after(output_dir: Path, step: int) -> None:
-    """Drop every validation output of steps after `step` (a resumed run redoes them), and crashed saves."""
-    for kept, path in kept_step_dirs(output_dir).items():
-        if kept > step:
-            shutil.rmtree(path, ignore_errors=True)
-    for stale in (output_dir / STEPS_DIR).glob(".*"):
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    for sample in (output_dir / SAMPLES_DIR).glob("*"):
-        m = _SAMPLE.fullmatch(sample.name)
-        if m is None or int(m.group(1)) > step:
-            sample.unlink(missing_ok=True)
-    if (output_dir / EVALUATION_FILE).is_file():
-        save_scores(output_dir, [s for s in load_scores(output_dir) if s["step"] <= step])
-
-
-def load_scores(output_dir: Path) -> list[dict]:
-    path = output_dir / EVALUATION_FILE
-    return json.loads(path.read_text())["steps"] if path.is_file() else []
-
-
-def save_scores(output_dir: Path, scores: list[dict]) -> None:
-    with atomic_file(output_dir / EVALUATION_FILE) as tmp:
-        tmp.write_text(json.dumps({"steps": scores}, indent=1))
-
-
-def prune(kept: dict[int, Path], limit: int | None, protected: set[int]) -> dict[int, Path]:
-    """Delete the oldest kept weights beyond `limit` (which counts the final step too), never a protected step."""
-    if limit is None:
-        return kept
-    kept = dict(kept)
-    for step in sorted(kept):
-        if len(kept) + 1 <= limit:
-            break
-        if step not in protected:
-            shutil.rmtree(kept.pop(step), ignore_errors=True)
-            log.info("pruned the kept weights of step %d (checkpoints_total_limit %d)", step, limit)
-    return kept
-
-
-class Evaluator:
-    """Scores each validation step's samples against the instance photos and keeps the recommendation.
-
-    Scoring is a help, not the job: if the scoring model cannot be loaded the run goes on unscored.
-    """
-
-    def __init__(self, config: TrainConfig, photos: list, device, start_step: int, load_scorer: Callable):
-        self.config = config
-        self.scores = [s for s in load_scores(config.output_dir) if s["step"] <= start_step]
-        self._photos = photos
-        self._device = device
-        self._load_scorer = load_scorer
-        self._scorer = None
-        self._reference = None
-        self._failed = config.scorer_model is None
-
-    def score(self, step: int, samples: list[Sample], contexts: list[bool]) -> None:
-        if self._failed:
-            return
-        from PIL import Image
-
-        from .score import ScoredSample
-
-        try:
-            if self._scorer is None:
-                self._scorer = self._load_scorer(self.config.scorer_model, self._device)
-                self._reference = self._scorer.reference(self._photos)
-            images = []
-            for sample, context in zip(samples, contexts):
-                with Image.open(sample.path) as image:
-                    images.append(ScoredSample(image=image.convert("RGB"), prompt=sample.prompt, context=context))
-            scored = self._scorer.score(self._reference, step, images)
-        except Exception:
-            log.exception("scoring with %s failed; the run goes on unscored", self.config.scorer_model)
-            self._failed = True
-            return
-        self.scores = [s for s in self.scores if s["step"] != step] + [scored.as_dict()]
-        save_scores(self.config.output_dir, self.scores)
-
-    def evaluation(self, eligible: set[int]) -> dict | None:
-        """The API's evaluation: every score so far, and the best among the steps that can still be downloaded."""
-        if not self.scores:
-            return None
-        from .score import StepScores, recommend
-
-        candidates = [StepScores(**s) for s in self.scores if s["step"] in eligible]
-        recommendation = recommend(candidates)
-        return {
-            "scorer": self.config.scorer_model,
-            "steps": sorted(self.scores, key=lambda s: s["step"]),
-            "recommended_step": recommendation.step if recommendation else None,
-            "reason": recommendation.reason if recommendation else None,
-            "recommended_is_final": recommendation is not None and recommendation.step == self.config.max_train_steps,
-        }
+    key = (model, str(device), models_dir)
+    if key not in _SCORERS:
+        _SCORERS.clear()  # note: one scoring model in memory at a time
+        _SCORERS[key] = Scorer(model, models_dir, device)
+    return _SCORERS[key]

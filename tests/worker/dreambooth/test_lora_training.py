@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from worker.dreambooth.config import TrainConfig
 from worker.dreambooth.train import train
-from worker.dreambooth.validate import Validation
+from worker.dreambooth.steps import Validation
 
 from .helpers import changed, weights
 

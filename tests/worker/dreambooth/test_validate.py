@@ -11,7 +11,7 @@ from PIL import Image
 from worker.dreambooth.config import TrainConfig
 from worker.dreambooth.sample import load_pipeline, sample_images
 from worker.dreambooth.train import train
-from worker.dreambooth.validate import (
+from worker.dreambooth.steps import (
     Validation,
     forget_after,
     is_validation_step,

@@ -1,0 +1,173 @@
+"""What the loop updates: trainable copies of the UNet (and text encoder), their optimizer, schedule, EMA and
+the run's random generators, prepared by accelerate."""
+
+import contextlib
+import itertools
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from diffusers import UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from diffusers.utils.import_utils import is_xformers_available
+
+from .components import Components, trainable_copy
+from .config import TrainConfig
+from .lora import add_adapters, lora_settings
+
+log = logging.getLogger(__name__)
+
+HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Trainees:
+    """What the loop updates, and everything a saved training state must hold to resume exactly."""
+
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module | None  # only when train_text_encoder
+    ema: EMAModel | None
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    accelerator: Accelerator
+    order_gen: torch.Generator  # batch order (replayed from the seed on resume, see data.batch_order)
+    data_gen: torch.Generator  # random crops and flips
+    noise_gen: torch.Generator  # latent draws, noise and timesteps, on the training device
+
+    @property
+    def models(self) -> list[torch.nn.Module]:
+        return [self.unet] + ([self.text_encoder] if self.text_encoder is not None else [])
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The trained parameters (for LoRA runs: the adapters')."""
+        return [p for p in itertools.chain.from_iterable(m.parameters() for m in self.models) if p.requires_grad]
+
+    def unwrapped(self) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        """The UNet and text encoder without accelerate's wrappers."""
+        unwrap = self.accelerator.unwrap_model
+        return unwrap(self.unet), unwrap(self.text_encoder) if self.text_encoder is not None else None
+
+    def finish(self) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        """The trained models to save (EMA weights applied, eval mode); the run drops everything else it held."""
+        unet, text_encoder = self.unwrapped()
+        if self.ema is not None:
+            self.ema.copy_to(unet.parameters())
+        for model in (unet, text_encoder):
+            if model is not None:
+                model.eval()
+        # note: accelerate keeps references to what it prepared; without them the optimizer state can be freed
+        self.accelerator.free_memory()
+        self.unet = self.text_encoder = self.ema = self.optimizer = self.lr_scheduler = None
+        return unet, text_encoder
+
+    @contextlib.contextmanager
+    def evaluated(self) -> Iterator[tuple[torch.nn.Module, torch.nn.Module | None]]:
+        """The unwrapped models in eval mode, holding the EMA weights when there are any; training resumes after."""
+        unet, text_encoder = self.unwrapped()
+        if self.ema is not None:
+            # note: samples and kept weights show the averaged weights, as the export will
+            self.ema.store(unet.parameters())
+            self.ema.copy_to(unet.parameters())
+        for model in (unet, text_encoder):
+            if model is not None:
+                model.eval()
+        try:
+            yield unet, text_encoder
+        finally:
+            for model in (unet, text_encoder):
+                if model is not None:
+                    model.train()
+            if self.ema is not None:
+                self.ema.restore(unet.parameters())
+
+
+def weight_dtype(accelerator: Accelerator) -> torch.dtype:
+    """The dtype frozen parts run in: the mixed precision's half type, else fp32."""
+    return HALF.get(accelerator.mixed_precision, torch.float32)
+
+
+def make_trainees(
+    config: TrainConfig, parts: Components, accelerator: Accelerator, base_seed: int, shared: bool
+) -> Trainees:
+    """Trainable copies, optimizer, schedule, EMA and generators, prepared by accelerate."""
+    device = accelerator.device
+    unet = trainable_copy(parts.unet, shared).to(device)
+    text_encoder = trainable_copy(parts.text_encoder, shared).to(device) if config.train_text_encoder else None
+    if config.training_method == "lora":
+        # note: the base weights stay frozen in the training precision; only the small fp32 adapters get
+        # gradients and optimizer state, which is where LoRA's memory saving comes from
+        for model in (unet, text_encoder):
+            if model is not None:
+                model.to(dtype=weight_dtype(accelerator))
+        add_adapters(unet, text_encoder, lora_settings(config))
+    _save_memory(config, unet, text_encoder)
+    ema = None
+    if config.use_ema:
+        ema = EMAModel(unet.parameters(), model_cls=UNet2DConditionModel, model_config=unet.config, foreach=True)
+    optimizer = _make_optimizer(_parameter_groups(config, unet, text_encoder, accelerator), config, device)
+    # note: a prepared scheduler steps once per process, hence the num_processes factors (as the reference)
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=config.max_train_steps * accelerator.num_processes,
+        num_cycles=config.lr_num_cycles,
+        power=config.lr_power,
+    )
+    models = [unet] + ([text_encoder] if text_encoder is not None else [])
+    *models, optimizer, lr_scheduler = accelerator.prepare(*models, optimizer, lr_scheduler)
+    return Trainees(
+        unet=models[0],
+        text_encoder=models[1] if text_encoder is not None else None,
+        ema=ema,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        accelerator=accelerator,
+        order_gen=torch.Generator().manual_seed(base_seed),
+        data_gen=torch.Generator().manual_seed(base_seed + 1),
+        noise_gen=torch.Generator(device).manual_seed(base_seed + 2),
+    )
+
+
+def _save_memory(config: TrainConfig, unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> None:
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if text_encoder is not None:
+            # note: transformers 5.2x renamed gradient_checkpointing_enable (kept as a deprecated alias), which
+            # is all that the 4.x and early 5.x releases in pyproject's range have
+            enable = getattr(
+                text_encoder, "activation_checkpointing_enable", text_encoder.gradient_checkpointing_enable
+            )
+            enable()
+    if config.enable_xformers_memory_efficient_attention:
+        if is_xformers_available():
+            unet.enable_xformers_memory_efficient_attention()
+        else:
+            log.warning("xformers is not installed; using PyTorch's scaled-dot-product attention")
+
+
+def _parameter_groups(config: TrainConfig, unet, text_encoder, accelerator: Accelerator) -> list[dict]:
+    """The UNet's trained parameters at learning_rate, the text encoder's at text_encoder_lr."""
+    scale = config.gradient_accumulation_steps * config.train_batch_size * accelerator.num_processes
+    factor = scale if config.scale_lr else 1
+    groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": config.learning_rate * factor}]
+    if text_encoder is not None:
+        text_lr = (config.text_encoder_lr or config.learning_rate) * factor
+        groups.append({"params": [p for p in text_encoder.parameters() if p.requires_grad], "lr": text_lr})
+    return groups
+
+
+def _make_optimizer(groups: list[dict], config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    kwargs = dict(
+        betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.adam_weight_decay, eps=config.adam_epsilon
+    )
+    if config.use_8bit_adam:
+        # note: imported only when asked for; bitsandbytes probes the GPU at import time
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(groups, **kwargs)
+    # note: the fused kernel updates all parameters in one pass: faster, and no per-tensor temporaries
+    return torch.optim.AdamW(groups, fused=device.type in ("cuda", "cpu"), **kwargs)
