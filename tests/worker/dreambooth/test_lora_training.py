@@ -11,8 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from worker.dreambooth.config import TrainConfig
-from worker.dreambooth.train import train
 from worker.dreambooth.steps import Validation
+from worker.dreambooth.train import train
 
 from .helpers import changed, weights
 

@@ -10,7 +10,6 @@ from PIL import Image
 
 from worker.dreambooth.config import TrainConfig
 from worker.dreambooth.sample import load_pipeline, sample_images
-from worker.dreambooth.train import train
 from worker.dreambooth.steps import (
     Validation,
     forget_after,
@@ -20,6 +19,7 @@ from worker.dreambooth.steps import (
     save_scores,
     validation_prompts,
 )
+from worker.dreambooth.train import train
 
 from .helpers import changed, weights
 
