@@ -26,7 +26,7 @@ def test_the_dry_run_brings_back_every_section_and_figure(tmp_path: Path):
         env={**os.environ, "PYTHON": sys.executable},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert sorted(path.name for path in out.iterdir()) == [
