@@ -5,13 +5,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# An older stack many users pin (transformers 4.x, diffusers from before transformers 5), that every
+# download must load in too (tests/compat)
+COMPAT := .venv-compat
+COMPAT_STAMP := $(COMPAT)/.installed
 
-.PHONY: run test lint format venv services chromium clean
+.PHONY: run test lint format venv compat services chromium clean
 
 run: $(STAMP)
 	$(BIN)/dreambooth serve
 
-test: lint chromium
+test: lint chromium $(COMPAT_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Style is settled by ruff (configured in pyproject.toml); `make format` applies it.
@@ -24,6 +28,17 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 venv: $(STAMP)
+
+compat: $(COMPAT_STAMP)
+
+# The original Stable Diffusion code (stable-diffusion-sdkit's ldm) comes without its pinned dependencies:
+# the tests only build its modules to read their weights' names and shapes.
+$(COMPAT_STAMP): tests/compat/requirements.txt
+	test -x $(COMPAT)/bin/python || $(PYTHON) -m venv $(COMPAT)
+	$(COMPAT)/bin/python -m pip install --quiet --upgrade pip
+	$(COMPAT)/bin/python -m pip install --quiet -r tests/compat/requirements.txt
+	$(COMPAT)/bin/python -m pip install --quiet --no-deps stable-diffusion-sdkit==2.1.5
+	touch $@
 
 # Re-installs whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -41,4 +56,4 @@ services:
 	scripts/ensure-services
 
 clean:
-	rm -rf $(VENV) data .pytest_cache test-output
+	rm -rf $(VENV) $(COMPAT) data .pytest_cache test-output

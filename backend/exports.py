@@ -37,6 +37,7 @@ from backend.models import Artifact, Job, JobStatus
 # note: the one module of the core the API uses: plain Python, so the exports here and the worker's own
 # single files hold the same names (test_torch_free keeps it that way)
 from formats import single_file as layout
+from formats.hub_layout import hub_name
 from formats.lora import LORA_FILES, LORA_FORMATS
 
 log = logging.getLogger(__name__)
@@ -266,7 +267,12 @@ def build_diffusers_zip(pipeline_dir: Path, out: Path, dtype: Dtype, folder: str
                 elif path.suffix == ".safetensors":
                     # note: weights hardly compress, so they are stored: building and unzipping stay disk-bound
                     with archive.open(zipfile.ZipInfo.from_file(path, name), "w") as entry:
-                        write_safetensors(path, entry, dtype)
+                        write_safetensors(path, entry, dtype, rename=_hub_names(path.parent))
+                elif path.name.endswith(".safetensors.index.json"):
+                    index = _read_json(path)
+                    rename = _hub_names(path.parent)
+                    index["weight_map"] = {rename(key): file for key, file in index["weight_map"].items()}
+                    archive.writestr(name, _json(index), zipfile.ZIP_DEFLATED)
                 else:
                     archive.write(path, name, compress_type=zipfile.ZIP_DEFLATED)
 
@@ -345,14 +351,17 @@ class Tensor:
     read: Callable[[], np.ndarray]
 
 
-def write_safetensors(source: Path, target: IO[bytes], dtype: Dtype) -> None:
-    """Copy a .safetensors file into `target` with its floating tensors cast to `dtype`, keeping its metadata."""
+def write_safetensors(
+    source: Path, target: IO[bytes], dtype: Dtype, rename: Callable[[str], str] = lambda name: name
+) -> None:
+    """Copy a .safetensors file into `target` with its floating tensors cast to `dtype` and its tensors renamed,
+    keeping its metadata."""
     with safe_open(source, framework="numpy") as weights:
         tensors = []
         for name in weights.keys():
             view = weights.get_slice(name)
             kind = _file_type(view.get_dtype(), dtype)
-            tensors.append(Tensor(name, kind, tuple(view.get_shape()), partial(weights.get_tensor, name)))
+            tensors.append(Tensor(rename(name), kind, tuple(view.get_shape()), partial(weights.get_tensor, name)))
         write_tensors(target, tensors, weights.metadata())
 
 
@@ -383,6 +392,13 @@ def write_tensors(target: IO[bytes], tensors: list[Tensor], metadata: dict[str, 
 def _file_type(kind: str, dtype: Dtype) -> str:
     """The safetensors type a tensor of type `kind` is written as: floats in `dtype`, the rest as they are."""
     return TENSOR_TYPES[dtype] if kind in FLOATS else kind
+
+
+def _hub_names(folder: Path) -> Callable[[str], str]:
+    """How a model folder's weights are named on the Hub (formats/hub_layout.py), even if saved otherwise."""
+    config = folder / "config.json"
+    architectures = _read_json(config).get("architectures") if config.is_file() else None
+    return partial(hub_name, (architectures or [""])[0])
 
 
 def _read_json(path: Path) -> dict:

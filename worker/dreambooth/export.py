@@ -22,6 +22,7 @@ from .components import Components, pipeline_for, release
 from .config import TrainConfig
 from .files import atomic_dir, atomic_file
 from .lora import lora_settings, merged_into_base, save_lora
+from .saving import save_pipeline
 from .trainees import Trainees
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def export_run(config: TrainConfig, parts: Components, run: Trainees, step: int)
     # note: the exported pipeline holds the untouched fp32 frozen parts, so exports carry the base weights exactly
     pipeline = pipeline_for(parts, unet, vae=parts.vae, text_encoder=text_encoder or parts.text_encoder)
     with atomic_dir(pipeline_dir) as tmp:
-        pipeline.save_pretrained(tmp, safe_serialization=True)
+        save_pipeline(pipeline, tmp)
     del pipeline, unet, text_encoder
     release(device)
     for dtype in ("fp16", "fp32"):

@@ -31,6 +31,7 @@ from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import save_file
 
+from formats.hub_layout import hub_name
 from formats.lora import LORA_FILES
 
 from .components import Components, pipeline_for
@@ -150,7 +151,7 @@ def save_lora(
             save_function=lambda tensors, path: save_file(tensors, path, metadata=header),
         )
     with atomic_file(paths["lora_kohya"]) as tmp:
-        save_file(_kohya_layers(unet_layers, text_layers), tmp, metadata=header)
+        save_file(kohya_layers(unet_layers, text_layers), tmp, metadata=header)
     log.info(
         "saved LoRA (%d UNet tensors, %d text encoder tensors) to %s", len(unet_layers), len(text_layers or {}), folder
     )
@@ -206,13 +207,16 @@ def _peft_layers(
     unet_layers = _scale_one_layers(unet)
     if text_encoder is None:
         return unet_layers, None
-    # note: transformers 5 dropped CLIPTextModel's `text_model.` level; LoRA files keep it (kohya's keys need
-    # it), and diffusers' loader strips it again for a model without it
-    text_layers = {
-        key if key.startswith("text_model.") else f"text_model.{key}": value
-        for key, value in _scale_one_layers(text_encoder).items()
-    }
-    return unet_layers, text_layers
+    return unet_layers, hub_named(_scale_one_layers(text_encoder))
+
+
+def hub_named(text_layers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A CLIP text encoder's adapter tensors under the Hub's module names (formats/hub_layout.py).
+
+    transformers 5 dropped CLIPTextModel's `text_model.` level; LoRA files keep it (kohya's keys and older
+    loaders need it), and diffusers' loader strips it again for a model without it.
+    """
+    return {hub_name("CLIPTextModel", key): value for key, value in text_layers.items()}
 
 
 def _scale_one_layers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -226,10 +230,11 @@ def _scale_one_layers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def _kohya_layers(
+def kohya_layers(
     unet_layers: dict[str, torch.Tensor], text_layers: dict[str, torch.Tensor] | None
 ) -> dict[str, torch.Tensor]:
-    """lora_unet_* / lora_te_* keys with lora_down, lora_up and alpha (= rank), from _peft_layers' output."""
+    """lora_unet_* / lora_te_* keys with lora_down, lora_up and alpha (= rank), from peft's layer names (the
+    text encoder's under the Hub's names)."""
     prefixed = {f"unet.{key}": value for key, value in unet_layers.items()}
     prefixed |= {f"text_encoder.{key}": value for key, value in (text_layers or {}).items()}
     # note: diffusers writes lora_te1 (SDXL's first text encoder); SD 1.x files name their only one lora_te

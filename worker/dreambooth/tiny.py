@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from .files import atomic_dir
+from .saving import save_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def make_model(out_dir: Path, size: str = "tiny") -> Path:
             feature_extractor=None,
             requires_safety_checker=False,
         )
-        pipeline.save_pretrained(tmp, safe_serialization=True)
+        save_pipeline(pipeline, tmp)
     log.info("generated builtin %s model at %s", size, out_dir)
     return out_dir
 

@@ -16,6 +16,7 @@ from .export import checkpoint_metadata
 from .files import atomic_dir
 from .lora import lora_settings, save_lora
 from .sample import sample_images
+from .saving import save_model
 from .steps import (
     SAMPLES_DIR,
     Evaluator,
@@ -105,9 +106,9 @@ class Validator:
                 metadata = checkpoint_metadata(self.config, step)
                 save_lora(tmp, unet, text_encoder, lora_settings(self.config), metadata)
             else:
-                unet.save_pretrained(tmp / "unet", safe_serialization=True)
+                save_model(unet, tmp / "unet")
                 if text_encoder is not None:
-                    text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+                    save_model(text_encoder, tmp / "text_encoder")
         return path
 
 

@@ -37,7 +37,7 @@ def test_text_encoder_training_with_snr_offset_noise_and_checkpointing(
     assert changed(trained_text, weights(tiny_model / "text_encoder"))
     exported = load_file(result.checkpoints["fp32"])
     key = "cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight"
-    assert torch.equal(exported[key], trained_text["encoder.layers.0.mlp.fc1.weight"])
+    assert torch.equal(exported[key], trained_text["text_model.encoder.layers.0.mlp.fc1.weight"])
     assert not changed(weights(result.pipeline_dir / "vae"), weights(tiny_model / "vae"))
 
 
