@@ -15,7 +15,7 @@ import types
 import typing
 from pathlib import Path
 
-from worker import client
+from backend import client
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 

@@ -1,6 +1,6 @@
 """The HTTP client of `dreambooth submit | watch | download | generate | jobs | cancel`: the REST API over httpx.
 
-Talks to a running server like the page does; no torch, no backend imports. Errors from the API
+Talks to a running server like the page does; no torch, no worker imports. Errors from the API
 end the command with one line and exit code 2.
 """
 
