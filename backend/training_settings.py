@@ -59,8 +59,9 @@ class TrainingSettings(BaseModel):
         group="Subject", help="Names the subject, e.g. 'a photo of rufus dog'; a natural word works, not only 'sks'"
     )
     base_model: str | None = setting(
-        None, group="Training", help="The Stable Diffusion model to fine-tune, from those the server offers"
-    )
+        None, group="Training",
+        help="The Stable Diffusion model to fine-tune, from those the server offers; empty: the server's default",
+    )  # fmt: skip
     training_method: Literal["full", "lora"] = setting(
         "full", group="Training",
         help="full fine-tunes every weight; lora trains small adapters: far less GPU memory, small files",

@@ -4,20 +4,27 @@ Heavy imports (torch, diffusers) happen only inside the commands that need them.
 """
 
 import argparse
-import dataclasses
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-import types
-import typing
 from pathlib import Path
 
-from worker import client
+from pydantic import ValidationError
 
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+from backend import client
+from backend.settings import get_settings
+from backend.settings_text import default_text, preset_text, range_text
+from backend.training_settings import SettingOut, TrainingSettings, describe_settings
+from formats.lora import LORA_FORMATS
+
+TRAIN_DESCRIPTION = (
+    "Train on a folder of photos on this machine: no server, database or broker. The settings are a server "
+    "job's: validated alike, the preset filling what the flags leave out; the base model defaults to "
+    "$BASE_MODEL, else the built-in tiny model without a GPU and Stable Diffusion 1.5 with one."
+)
 
 
 # ── users and tokens ─────────────────────────────────────────────────────────────────────────
@@ -70,8 +77,6 @@ def migrate() -> None:
 
 def serve(_args: argparse.Namespace) -> None:
     """Run the API and one worker together (what `make run` does), until interrupted."""
-    from backend.settings import get_settings
-
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate()
@@ -129,19 +134,24 @@ def make_model(args: argparse.Namespace) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    """Train on a folder of photos without the server, printing progress like the reference script."""
-    from worker.dreambooth.config import TrainConfig
+    """Train on a folder of photos without the server, with a server job's settings, printing progress."""
+    from backend import storage
+    from worker.core_config import core_config, drop_training_state
+
+    settings = _validated_settings(args)
+    photos = _photos_in(args.photos, "--photos")
+    class_photos = _photos_in(args.class_photos, "--class-photos") if args.class_photos else ()
+    # note: torch and diffusers take seconds to import, so only once the settings and photos are good
     from worker.dreambooth.train import train as run
 
-    photos = tuple(sorted(p for p in Path(args.photos).iterdir() if p.suffix.lower() in PHOTO_SUFFIXES))
-    if not photos:
-        sys.exit(f"no photos (.jpg, .png, .webp) in {args.photos}")
-    options = {name: getattr(args, name) for name in _train_option_names() if getattr(args, name) is not None}
-    config = TrainConfig(
-        **options,
+    config = core_config(
+        settings,
         instance_images=photos,
+        class_images=class_photos,
         output_dir=Path(args.output),
-        models_dir=Path(args.models_dir or os.environ.get("DATA_DIR", "./data")) / "models",
+        models_dir=Path(args.models_dir) if args.models_dir else storage.models_dir(),
+        resume_from_checkpoint=args.resume_from_checkpoint,
+        device=args.device,
     )
 
     def report(progress) -> None:
@@ -149,7 +159,40 @@ def train(args: argparse.Namespace) -> None:
         print(f"\r{progress.phase:<10} step {progress.step}/{progress.total_steps} loss {loss}", end="", flush=True)
 
     result = run(config, on_progress=report)
+    drop_training_state(config)
     print()
+    _print_result(result)
+
+
+def _validated_settings(args: argparse.Namespace) -> dict:
+    """The settings given as flags, validated as a server job's (preset and defaults filled in); a bad value
+    ends the command with one line naming its flag and exit code 2."""
+    try:
+        settings = TrainingSettings.model_validate(client.settings_from_flags(args)).model_dump(mode="json")
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        _fail(f"{flag_name(str(error['loc'][0]))}: {error['msg'].removeprefix('Value error, ')}")
+    return settings | {"base_model": settings["base_model"] or get_settings().base_model}
+
+
+def _photos_in(folder: str, flag: str) -> tuple[Path, ...]:
+    """The photos directly inside `folder`; none (or no folder) ends the command."""
+    path = Path(folder)
+    suffixes = client.PHOTO_SUFFIXES
+    photos = tuple(sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes)) if path.is_dir() else ()
+    if not photos:
+        _fail(f"{flag}: no photos ({', '.join(sorted(suffixes))}) in {folder}")
+    return photos
+
+
+def _fail(message: str) -> None:
+    """End the command as a bad flag does: one line and exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _print_result(result) -> None:
+    """What the run left behind, a line each."""
     if result.memory_plan is not None:
         print(result.memory_plan.describe())
     for dtype, path in result.checkpoints.items():
@@ -162,36 +205,69 @@ def train(args: argparse.Namespace) -> None:
         print(f"recommended step: {result.evaluation['recommended_step']} ({result.evaluation['reason']})")
 
 
-# Options of TrainConfig that `train` does not take as flags: it fills these itself.
-_NOT_FLAGS = {"instance_images", "output_dir", "models_dir"}
+# ── training settings as flags ───────────────────────────────────────────────────────────────
+
+METAVARS = {"int": "N", "float": "NUMBER", "string": "TEXT", "list": "TEXT"}
 
 
-def _train_option_names() -> list[str]:
-    from worker.dreambooth.config import TrainConfig
+def flag_name(setting: str) -> str:
+    """A setting's flag: its name as in diffusers' train_dreambooth.py, with dashes."""
+    return "--" + setting.replace("_", "-")
 
-    return [field.name for field in dataclasses.fields(TrainConfig) if field.name not in _NOT_FLAGS]
+
+def add_setting_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per training setting, with its help, default and range, in the settings' groups; a flag left out
+    leaves the setting to the preset and the defaults."""
+    described = describe_settings()
+    groups = {name: parser.add_argument_group(name) for name in described.groups}
+    for setting in described.settings:
+        groups[setting.group].add_argument(
+            flag_name(setting.name), required=setting.required, help=_setting_help(setting), **_flag_kind(setting)
+        )
 
 
-def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, named as in diffusers' train_dreambooth.py."""
-    from worker.dreambooth.config import TrainConfig
+def _flag_kind(setting: SettingOut) -> dict:
+    if setting.type == "bool":
+        return {"action": argparse.BooleanOptionalAction}
+    if setting.type == "choice":
+        return {"choices": setting.choices}
+    if setting.type == "list":
+        return {"action": "append", "metavar": METAVARS["list"]}
+    return {"type": {"int": int, "float": float, "string": str}[setting.type], "metavar": METAVARS[setting.type]}
 
-    hints = typing.get_type_hints(TrainConfig)
-    for field in dataclasses.fields(TrainConfig):
-        if field.name in _NOT_FLAGS:
-            continue
-        flag = "--" + field.name.replace("_", "-")
-        kind = hints[field.name]
-        args = typing.get_args(kind)
-        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
-            kind = next(arg for arg in args if arg is not type(None))
-        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        elif typing.get_origin(kind) is tuple:
-            parser.add_argument(flag, nargs="*", default=None, type=typing.get_args(kind)[0])
-        else:
-            parser.add_argument(flag, type=kind, default=None, required=required)
+
+def _setting_help(setting: SettingOut) -> str:
+    presets, allowed = preset_text(setting), range_text(setting)
+    notes = ["required" if setting.required else f"default: {default_text(setting)}"] + ([presets] if presets else [])
+    if setting.type == "list":
+        notes.append(f"repeat the flag for each, {allowed}")
+    elif allowed:
+        notes.append(f"range {allowed}")
+    # note: argparse formats help with %, so a literal one must be doubled
+    return f"{setting.help} ({'; '.join(notes)})".replace("%", "%%")
+
+
+def _add_local_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of `train` that a server job does not have: its folders and device."""
+    local = parser.add_argument_group("Local run")
+    local.add_argument("--photos", required=True, metavar="FOLDER", help="folder of instance photos")
+    local.add_argument(
+        "--class-photos",
+        metavar="FOLDER",
+        help="folder of class photos for prior preservation; they count first toward --num-class-images",
+    )
+    local.add_argument(
+        "--output", required=True, metavar="FOLDER", help="folder for the pipeline, samples and checkpoints"
+    )
+    local.add_argument(
+        "--models-dir", metavar="FOLDER", help="where built-in models are cached (default: $DATA_DIR/models)"
+    )
+    local.add_argument("--device", help="cuda or cpu (default: cuda when there is one)")
+    local.add_argument(
+        "--resume-from-checkpoint",
+        metavar="STATE",
+        help="continue an interrupted run: latest, or a folder under OUTPUT/training-state",
+    )
 
 
 # ── entry point ──────────────────────────────────────────────────────────────────────────────
@@ -213,20 +289,29 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--size", choices=["tiny", "small"], default="tiny")
     command.set_defaults(run=make_model)
 
-    command = commands.add_parser("train", help="train locally on a folder of photos, without the server")
-    command.add_argument("--photos", required=True, help="folder of instance photos")
-    command.add_argument("--output", required=True, help="folder for the pipeline, samples and checkpoints")
-    command.add_argument("--models-dir", help="where built-in models are cached (default: $DATA_DIR/models)")
-    _add_train_options(command)
+    command = commands.add_parser(
+        "train",
+        help="train locally on a folder of photos, without the server",
+        usage="%(prog)s --photos FOLDER --output FOLDER --instance-prompt TEXT [options]",
+        description=TRAIN_DESCRIPTION,
+    )
+    _add_local_run_options(command)
+    add_setting_options(command)
     command.set_defaults(run=train)
 
-    command = commands.add_parser("submit", help="upload photos to a server and start a training job")
+    command = commands.add_parser(
+        "submit",
+        help="upload photos to a server and start a training job",
+        usage="%(prog)s PHOTOS [PHOTOS ...] --instance-prompt TEXT [options]",
+        description="Upload photos and start a training job with the settings given as flags; the server fills in "
+        "the rest from the preset and its defaults. Prints the job's id as the last line.",
+    )
     command.add_argument("photos", nargs="+", help="photo files, or folders of them")
-    command.add_argument("--preset", choices=["object", "face", "custom"], default="object")
-    command.add_argument("--instance-prompt", required=True, help="names the subject, e.g. 'a photo of rufus dog'")
-    command.add_argument("--class-prompt", help="the subject's class, for prior preservation")
-    command.add_argument("--settings-json", help="more training settings as a JSON object")
+    command.add_argument(
+        "--settings-json", metavar="JSON", help="more training settings as a JSON object (its values win over flags)"
+    )
     client.add_server_options(command)
+    add_setting_options(command)
     command.set_defaults(run=client.client_command(client.submit))
 
     command = commands.add_parser("watch", help="follow a job live; exit 0 when it succeeds, 1 when it does not")
@@ -236,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     command = commands.add_parser("download", help="download a job's checkpoint (resumes a partial download)")
     command.add_argument("job")
-    command.add_argument("--format", choices=["single", "diffusers", "lora", "lora_kohya"], default="single")
+    command.add_argument("--format", choices=["single", "diffusers", *LORA_FORMATS], default="single")
     command.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16")
     command.add_argument("--step", type=int, help="a kept earlier step (default: the last)")
     command.add_argument("-o", "--output", help="file to write (default: the server's name for it)")

@@ -5,11 +5,9 @@ reporter, records the files the core made, and ends the job. The message is only
 everything the task needs it reads again from the database.
 """
 
-import dataclasses
 import errno
 import functools
 import logging
-import math
 import shutil
 import time
 import uuid
@@ -26,6 +24,7 @@ from backend.queue import TRAIN_TASK
 from backend.settings import get_settings
 from formats.lora import LORA_FORMATS
 from worker.celery_app import app
+from worker.core_config import core_config, drop_training_state
 from worker.dreambooth.config import STATE_DIR, TrainConfig, TrainResult
 from worker.dreambooth.errors import JobError
 from worker.dreambooth.steps import EVALUATION_FILE, SAMPLES_DIR, STEPS_DIR
@@ -33,8 +32,6 @@ from worker.progress import JobReporter
 
 log = logging.getLogger(__name__)
 
-# Server jobs save their training state at least this often (in steps), so a dead worker's job loses little.
-MAX_CHECKPOINT_INTERVAL = 500
 
 # What a resumed attempt keeps of an earlier one's outputs (besides the training state).
 VALIDATION_OUTPUTS = (SAMPLES_DIR, STEPS_DIR, EVALUATION_FILE)
@@ -104,20 +101,10 @@ def _run_core(job_id: uuid.UUID, reporter: JobReporter) -> TrainResult:
 
 def training_config(job: Job) -> TrainConfig:
     """The core's configuration for a job: its settings, photos and output folder, resuming any saved state."""
-    known = {field.name for field in dataclasses.fields(TrainConfig)}
-    settings = {key: value for key, value in job.settings.items() if key in known}
-    total = settings.get("max_train_steps", TrainConfig.max_train_steps)
-    settings["checkpointing_steps"] = settings.get("checkpointing_steps") or default_checkpointing_steps(total)
-    # note: a server job's training state is only for resuming after a dead worker, so the newest one is
-    # enough; the user's checkpoints_total_limit bounds the kept weights of validation steps instead
-    settings["kept_steps_limit"] = settings.get("checkpoints_total_limit")
-    settings["checkpoints_total_limit"] = 1
-    scorer = get_settings().scorer_model
     output_dir = storage.job_dir(job.id) / "output"
     _clear_stale_outputs(output_dir)
-    return TrainConfig(
-        **settings,
-        scorer_model=None if scorer == "none" else scorer,
+    return core_config(
+        job.settings,
         instance_images=tuple(storage.resolve(photo.path) for photo in job.photos if photo.kind == "instance"),
         class_images=tuple(storage.resolve(photo.path) for photo in job.photos if photo.kind == "class"),
         output_dir=output_dir,
@@ -125,11 +112,6 @@ def training_config(job: Job) -> TrainConfig:
         cache_dir=storage.data_dir() / "cache",
         resume_from_checkpoint="latest",
     )
-
-
-def default_checkpointing_steps(max_train_steps: int) -> int:
-    """Save the training state every quarter of the run or every 500 steps, whichever is more often."""
-    return max(1, min(MAX_CHECKPOINT_INTERVAL, math.ceil(max_train_steps / 4)))
 
 
 def _saved_step(output_dir: Path) -> int:
@@ -172,8 +154,7 @@ def _train(config: TrainConfig, reporter: JobReporter) -> TrainResult:
         on_memory_plan=reporter.on_memory_plan,
     )
     if not result.stopped:
-        # note: the outputs are whole now; the saved state (optimizer included) would only fill the disk
-        shutil.rmtree(config.output_dir / STATE_DIR, ignore_errors=True)
+        drop_training_state(config)
     return result
 
 

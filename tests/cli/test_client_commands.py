@@ -1,6 +1,5 @@
 """`dreambooth submit | watch | download | jobs | cancel` against a running API and worker."""
 
-import json
 import subprocess
 import time
 import uuid
@@ -9,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.stack import BIN, FAST_SETTINGS, Client, Stack, photo_files
+from worker.cli import flag_name
 
 pytestmark = pytest.mark.e2e
 
@@ -29,21 +29,9 @@ def photo_folder(path: Path) -> Path:
 
 
 def submit(stack: Stack, token: str, photos: Path, **settings) -> str:
-    extra = {
-        key: value for key, value in {**FAST_SETTINGS, **settings}.items() if key not in ("preset", "instance_prompt")
-    }
-    result = dreambooth(
-        stack,
-        token,
-        "submit",
-        str(photos),
-        "--preset",
-        "custom",
-        "--instance-prompt",
-        FAST_SETTINGS["instance_prompt"],
-        "--settings-json",
-        json.dumps(extra),
-    )
+    """Submit with each setting as its flag (`--max-train-steps 30`); print the job's id."""
+    flags = [arg for name, value in {**FAST_SETTINGS, **settings}.items() for arg in (flag_name(name), str(value))]
+    result = dreambooth(stack, token, "submit", str(photos), *flags)
     assert result.returncode == 0, result.stderr
     return str(uuid.UUID(result.stdout.strip().splitlines()[-1]))
 

@@ -59,3 +59,6 @@ def test_train_runs_the_core_without_the_server(tmp_path):
         assert any(key.startswith("model.diffusion_model.") for key in file.keys())
     # note: about five validation points means every one of 3 steps, each sampling 4 default prompts
     assert len(list((output / "samples").glob("*.png"))) == 3 * 4
+    # note: scored as a server job is (SCORER_MODEL; the tiny CLIP in demo mode), its training state dropped
+    assert "recommended step: " in stdout
+    assert not (output / "training-state").exists()

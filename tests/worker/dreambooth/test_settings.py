@@ -10,8 +10,9 @@ import pytest
 from backend import storage
 from backend.models import Job, Photo
 from backend.training_settings import TrainingSettings
+from worker.core_config import default_checkpointing_steps
 from worker.dreambooth.config import TrainConfig
-from worker.tasks import JobError, _train, default_checkpointing_steps, training_config
+from worker.tasks import JobError, _train, training_config
 
 # note: settings the server decides itself, not the core
 NOT_CORE = {"preset"}

@@ -1,6 +1,6 @@
 """The HTTP client of `dreambooth submit | watch | download | generate | jobs | cancel`: the REST API over httpx.
 
-Talks to a running server like the page does; no torch, no backend imports. Errors from the API
+Talks to a running server like the page does; no torch, no worker imports. Errors from the API
 end the command with one line and exit code 2.
 """
 
@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from backend.training_settings import TrainingSettings
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
@@ -245,15 +247,18 @@ def _fail(message: str) -> None:
 
 
 def submit(client: StudioClient, args: argparse.Namespace) -> None:
-    """Upload photos with settings; print the new job's id as the last line."""
-    settings = {"preset": args.preset, "instance_prompt": args.instance_prompt}
-    if args.class_prompt:
-        settings["class_prompt"] = args.class_prompt
-    settings.update(_settings_json(args.settings_json))
+    """Upload photos with the settings given; print the new job's id as the last line."""
+    settings = settings_from_flags(args) | _settings_json(args.settings_json)
     photos = collect_photos(args.photos)
     job = client.submit(photos, settings)
     print(f"uploaded {len(photos)} photos; job {job['status']}: {client.server}/#/jobs/{job['id']}", file=sys.stderr)
     print(job["id"])
+
+
+def settings_from_flags(args: argparse.Namespace) -> dict:
+    """The training settings given as flags (`submit` and `train` take one per setting); the rest are left out."""
+    values = {name: getattr(args, name, None) for name in TrainingSettings.model_fields}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def _settings_json(raw: str | None) -> dict:

@@ -1,0 +1,110 @@
+"""`dreambooth train` and `submit` take every training setting as a flag, with the help, default and range of
+backend/training_settings.py, and `train` validates them as the server does."""
+
+import subprocess
+import sys
+
+import pytest
+
+import worker.dreambooth.train
+from backend.client import settings_from_flags
+from backend.training_settings import describe_settings
+from tests.conftest import ROOT
+from tests.e2e.stack import photo_files
+from worker.cli import build_parser, flag_name, main
+from worker.dreambooth.config import TrainResult
+
+
+def help_text(command: str, capsys, monkeypatch) -> str:
+    monkeypatch.setenv("COLUMNS", "400")  # note: one line per option, so a help line can be found whole
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["train", "submit"])
+def test_help_shows_every_setting_with_its_help_and_default_by_group(command, capsys, monkeypatch):
+    text = help_text(command, capsys, monkeypatch)
+    for setting in describe_settings().settings:
+        assert flag_name(setting.name) in text and setting.help in text, setting.name
+    for group in describe_settings().groups:
+        assert f"\n{group}:\n" in text
+    assert (
+        "--max-train-steps N   Optimizer steps; Dreambooth overfits fast: start low, add steps until the samples "
+        "satisfy (default: 400; face preset: 1200; range 1-20000)"
+    ) in text
+    assert "--with-prior-preservation, --no-with-prior-preservation" in text
+    assert "--mixed-precision {no,fp16,bf16}" in text
+
+
+def test_submit_sends_only_the_flags_given():
+    flags = ["--instance-prompt", "a photo of rufus dog", "--max-train-steps", "800", "--learning-rate", "1e-6"]
+    flags += ["--no-center-crop", "--validation-prompts", "rufus on the moon"]
+    flags += ["--validation-prompts", "rufus in a cubist painting", "--mixed-precision", "bf16"]
+    args = build_parser().parse_args(["submit", "dog.jpg", *flags])
+    assert settings_from_flags(args) == {
+        "instance_prompt": "a photo of rufus dog",
+        "max_train_steps": 800,
+        "learning_rate": 1e-6,
+        "center_crop": False,
+        "validation_prompts": ["rufus on the moon", "rufus in a cubist painting"],
+        "mixed_precision": "bf16",
+    }
+
+
+def photo_folder(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for _field, (name, data, _type) in photo_files(2):
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def test_train_refuses_a_bad_value_naming_its_flag(tmp_path, capsys):
+    local = ["train", "--photos", str(photo_folder(tmp_path)), "--output", str(tmp_path / "out")]
+    for flags, message in [
+        (["--learning-rate", "1"], "error: --learning-rate: Input should be less than or equal to 0.001"),
+        (["--resolution", "100"], "error: --resolution: must be a multiple of 64"),
+        (["--with-prior-preservation"], "error: --class-prompt: required when with_prior_preservation is on"),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            main([*local, "--instance-prompt", "rufus", "--preset", "custom", *flags])
+        assert (exited.value.code, capsys.readouterr().err) == (2, message + "\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_runs_a_server_jobs_settings_with_the_workers_mapping(tmp_path, monkeypatch):
+    """The face preset and the server's defaults reach the core as a job's would (worker/core_config.py)."""
+    configs = []
+
+    def fake_train(config, on_progress):
+        configs.append(config)
+        return TrainResult(stopped=False, final_step=0, pipeline_dir=None, samples=(), checkpoints={})
+
+    monkeypatch.setattr(worker.dreambooth.train, "train", fake_train)
+    photos = photo_folder(tmp_path)
+    local = ["--photos", str(photos), "--output", str(tmp_path / "out")]
+    main(["train", *local, "--instance-prompt", "ana person", "--preset", "face", "--checkpoints-total-limit", "3"])
+    (config,) = configs
+    assert config.base_model == "builtin:tiny"  # note: the server's default (demo mode in the tests)
+    assert (config.learning_rate, config.max_train_steps, config.train_batch_size) == (1e-6, 1200, 2)
+    assert (config.with_prior_preservation, config.class_prompt) == (True, "a photo of a person")
+    assert (config.mixed_precision, config.validation_inference_steps) == ("fp16", 100)
+    assert (config.checkpointing_steps, config.checkpoints_total_limit, config.kept_steps_limit) == (300, 1, 3)
+    assert config.scorer_model == "builtin:tiny-clip" and len(config.instance_images) == 2
+
+
+def test_the_command_line_loads_no_ml_stack_until_it_trains(tmp_path):
+    """--help and a refused setting answer at once: torch is imported only for training itself."""
+    code = (
+        "import sys\n"
+        "from worker.cli import main\n"
+        "try:\n"
+        f"    main(['train', '--photos', {str(tmp_path)!r}, '--output', 'out', '--instance-prompt', 'x',"
+        " '--seed', '-1'])\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 2\n"
+        "loaded = {name.split('.')[0] for name in sys.modules}\n"
+        "assert not {'torch', 'diffusers', 'transformers'} & loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
