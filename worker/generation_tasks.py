@@ -24,9 +24,8 @@ from backend.models import Generation, GenerationStatus, Job
 from backend.queue import GENERATE_TASK
 from backend.settings import get_settings
 from worker.celery_app import app
-from worker.dreambooth.errors import JobError, out_of_memory_as_error
+from worker.dreambooth.errors import JobError, out_of_memory_as_error, storage_failure_as_error
 from worker.leased import Heartbeat, clean_up_after_lost_lease, record_outcome
-from worker.tasks import STORAGE_ERRNOS
 
 if TYPE_CHECKING:
     from worker.dreambooth.render import RenderedImage, RenderRequest, TrainedModel
@@ -89,14 +88,11 @@ def _render(generation_id: uuid.UUID, beat: Heartbeat) -> list[dict]:
             resolution=job.settings["resolution"],
         )
     out_dir = generation_dir(job.id, generation_id)
-    try:
-        images = _render_with(model, request, out_dir, generation_id, lambda: beat.lease_lost)
-    except OSError as exc:
-        if exc.errno in STORAGE_ERRNOS:
-            log.error("generation %s: the file store failed: %s", generation_id, exc)
-            message = "The server could not write the images (its disk is full or failing)."
-            raise JobError("storage_error", message) from None
-        raise
+    images = storage_failure_as_error(
+        lambda: _render_with(model, request, out_dir, generation_id, lambda: beat.lease_lost),
+        "The server could not write the images (its disk is full or failing).",
+        f"generation {generation_id}",
+    )
     return [{"path": storage.relative(image.path), "seed": image.seed} for image in images]
 
 

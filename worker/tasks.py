@@ -6,7 +6,6 @@ everything the task needs it reads again from the database.
 """
 
 import dataclasses
-import errno
 import functools
 import logging
 import math
@@ -25,7 +24,7 @@ from backend.queue import TRAIN_TASK
 from backend.settings import get_settings
 from worker.celery_app import app
 from worker.dreambooth.config import STATE_DIR, TrainConfig, TrainResult
-from worker.dreambooth.errors import JobError
+from worker.dreambooth.errors import JobError, storage_failure_as_error
 from worker.dreambooth.validate import EVALUATION_FILE, SAMPLES_DIR, STEPS_DIR
 from worker.leased import clean_up_after_lost_lease, record_outcome
 from worker.progress import JobReporter
@@ -39,9 +38,6 @@ LORA_FORMATS = ("lora", "lora_kohya")
 
 # What a resumed attempt keeps of an earlier one's outputs (besides the training state).
 VALIDATION_OUTPUTS = (SAMPLES_DIR, STEPS_DIR, EVALUATION_FILE)
-
-# Write failures that mean the file store, not the job, is at fault.
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
 
 
 # note: no Celery time_limit: the solo pool cannot enforce one. The soft limit stops training from
@@ -90,17 +86,14 @@ def run_training_job(job_id: uuid.UUID) -> None:
 
 def _run_core(job_id: uuid.UUID, reporter: JobReporter) -> TrainResult:
     """Read the job's configuration and train; a failing file store becomes `storage_error`."""
-    try:
+
+    def run() -> TrainResult:
         with get_sessionmaker()() as session:
             config = training_config(session.get(Job, job_id))
         return _train(config, reporter)
-    except OSError as exc:
-        if exc.errno in STORAGE_ERRNOS:
-            log.error("job %s: the file store failed: %s", job_id, exc)
-            raise JobError(
-                "storage_error", "The server could not write the job's files (its disk is full or failing)."
-            ) from None
-        raise
+
+    message = "The server could not write the job's files (its disk is full or failing)."
+    return storage_failure_as_error(run, message, f"job {job_id}")
 
 
 def training_config(job: Job) -> TrainConfig:
