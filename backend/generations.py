@@ -1,23 +1,22 @@
 """The generation service: the only code that changes a generation's state.
 
 A generation renders new images from a finished job's weights. Owners create and read their own;
-a worker claims one with one conditional UPDATE that hands it a lease token, heartbeats while it
-renders, and finishes it, every write fenced by the token (as jobs are, see backend/jobs.py).
+a worker holds one under a lease while it renders (see backend/leases.py) and finishes it with its
+images.
 """
 
 import logging
 import secrets
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from backend import jobs, storage
+from backend import jobs, leases, storage
 from backend.errors import Conflict, LimitExceeded, NotFound
-from backend.jobs import LeaseLost
+from backend.leases import Ending, Lease
 from backend.models import Generation, GenerationStatus, JobStatus, User, utcnow
 from backend.settings import get_settings
 
@@ -35,15 +34,6 @@ NOT_READY = {
     JobStatus.failed: "the job failed, so it has no trained weights to generate from; train it again",
     JobStatus.cancelled: "the job was cancelled, so it has no trained weights to generate from; train it again",
 }
-
-
-@dataclass(frozen=True)
-class GenerationLease:
-    """A worker's hold on a generation: valid while the row still carries `token`."""
-
-    generation_id: uuid.UUID
-    token: str
-    attempt: int
 
 
 def generation_dir(job_id: uuid.UUID, generation_id: uuid.UUID) -> Path:
@@ -130,63 +120,14 @@ def list_generations(
 # ── the worker's side ────────────────────────────────────────────────────────────────────────
 
 
-def claim_generation(session: Session, generation_id: uuid.UUID) -> GenerationLease | None:
-    """Take the generation if it is free: queued, or running with a stale heartbeat, under the attempt limit."""
-    settings = get_settings()
-    now = utcnow()
-    stale_before = now - timedelta(seconds=settings.heartbeat_stale_seconds)
-    token = secrets.token_hex(16)
-    attempt = session.scalar(
-        update(Generation)
-        .where(
-            Generation.id == generation_id,
-            Generation.attempts < settings.max_attempts,
-            or_(
-                Generation.status == GenerationStatus.queued,
-                (Generation.status == GenerationStatus.running) & (Generation.heartbeat_at < stale_before),
-            ),
-        )
-        .values(
-            status=GenerationStatus.running,
-            lease_token=token,
-            attempts=Generation.attempts + 1,
-            heartbeat_at=now,
-            started_at=func.coalesce(Generation.started_at, now),
-        )
-        .returning(Generation.attempts)
-    )
-    session.commit()
-    if attempt is None:
-        return None
-    return GenerationLease(generation_id=generation_id, token=token, attempt=attempt)
-
-
-def _fenced_update(session: Session, lease: GenerationLease, **values) -> None:
-    """Apply `values` and commit if the lease still holds; else raise LeaseLost."""
-    held = session.scalar(
-        update(Generation)
-        .where(
-            Generation.id == lease.generation_id,
-            Generation.lease_token == lease.token,
-            Generation.status == GenerationStatus.running,
-        )
-        .values(heartbeat_at=utcnow(), **values)
-        .returning(Generation.id)
-    )
-    if held is None:
-        session.rollback()
-        raise LeaseLost(f"generation {lease.generation_id} is no longer held by this worker")
-    session.commit()
-
-
-def heartbeat(session: Session, lease: GenerationLease) -> None:
-    """Prove the worker is still rendering."""
-    _fenced_update(session, lease)
+def claim_generation(session: Session, generation_id: uuid.UUID) -> Lease | None:
+    """Take the generation if it is free (see leases.claim)."""
+    return leases.claim(session, Generation, generation_id)
 
 
 def finish_generation(
     session: Session,
-    lease: GenerationLease,
+    lease: Lease,
     status: GenerationStatus,
     images: list[dict] = (),
     error_code: str | None = None,
@@ -194,23 +135,12 @@ def finish_generation(
 ) -> None:
     """End the generation with its images ([{"path", "seed"}], each file already in place) and release the lease."""
     assert status in (GenerationStatus.succeeded, GenerationStatus.failed)
-    _fenced_update(
-        session,
-        lease,
-        status=status,
-        images=list(images),
-        error_code=error_code,
-        error_message=error_message,
-        lease_token=None,
-        finished_at=utcnow(),
-    )
-    log.info(
-        "generation %s %s%s", lease.generation_id, status, f" ({error_code}: {error_message})" if error_code else ""
-    )
+    leases.finish(session, lease, status, error_code, error_message, images=list(images))
+    session.commit()
+    log.info("generation %s %s%s", lease.id, status, f" ({error_code}: {error_message})" if error_code else "")
 
 
 # ── the reaper's side ────────────────────────────────────────────────────────────────────────
-# One conditional UPDATE each, so reapers in several workers may run at once.
 
 
 def end_abandoned_generations(session: Session) -> list[tuple[uuid.UUID, uuid.UUID]]:
@@ -218,65 +148,30 @@ def end_abandoned_generations(session: Session) -> list[tuple[uuid.UUID, uuid.UU
     limit (`timeout`: its worker may be alive but stuck, heartbeat and all); returns their (job id, id)."""
     settings = get_settings()
     now = utcnow()
-    stale_before = now - timedelta(seconds=settings.heartbeat_stale_seconds)
-    running = Generation.status == GenerationStatus.running
     limit = settings.generation_time_limit_seconds
     endings = [
-        (
-            running & (Generation.heartbeat_at < stale_before) & (Generation.attempts >= settings.max_attempts),
+        Ending(
+            leases.given_up(Generation, now),
+            GenerationStatus.failed,
             "worker_lost",
             f"The worker rendering these images stopped responding {settings.max_attempts} times, so it "
             "was given up. Try again, perhaps with fewer num_images or num_inference_steps.",
         ),
-        (
-            running & (Generation.started_at < now - timedelta(seconds=limit)),
+        Ending(
+            Generation.started_at < now - timedelta(seconds=limit),
+            GenerationStatus.failed,
             "timeout",
             f"Rendering took longer than {limit // 60} minutes, so it was stopped. Try fewer num_images or "
             "num_inference_steps.",
         ),
     ]
-    ended = []
-    for condition, code, message in endings:
-        ended += session.execute(
-            update(Generation)
-            .where(condition)
-            .values(
-                status=GenerationStatus.failed,
-                error_code=code,
-                error_message=message,
-                lease_token=None,
-                finished_at=now,
-            )
-            .returning(Generation.job_id, Generation.id)
-            .execution_options(synchronize_session=False)
-        ).all()
+    ended = leases.end_abandoned(session, Generation, endings, Generation.job_id)
     session.commit()
-    for _job_id, generation_id in ended:
-        log.warning("generation %s ended by the reaper (its worker is gone)", generation_id)
-    return [(job_id, generation_id) for job_id, generation_id in ended]
+    for row in ended:
+        log.warning("generation %s ended by the reaper (its worker is gone)", row.id)
+    return [(row.job_id, row.id) for row in ended]
 
 
 def generations_to_wake(session: Session) -> list[uuid.UUID]:
-    """Generations that need another wake-up call (as jobs_to_wake), each marked as sent now."""
-    settings = get_settings()
-    now = utcnow()
-    stale_before = now - timedelta(seconds=settings.heartbeat_stale_seconds)
-    queued_before = now - timedelta(seconds=settings.requeue_queued_after_seconds)
-    last_sent = func.coalesce(Generation.enqueued_at, Generation.created_at)
-    ids = session.scalars(
-        update(Generation)
-        .where(
-            or_(
-                (Generation.status == GenerationStatus.queued) & (last_sent < queued_before),
-                (Generation.status == GenerationStatus.running)
-                & (Generation.heartbeat_at < stale_before)
-                & (Generation.attempts < settings.max_attempts)
-                & (last_sent < stale_before),
-            ),
-        )
-        .values(enqueued_at=now)
-        .returning(Generation.id)
-        .execution_options(synchronize_session=False)
-    ).all()
-    session.commit()
-    return list(ids)
+    """Generations that need another wake-up call (see leases.to_wake), each marked as sent now."""
+    return leases.to_wake(session, Generation)

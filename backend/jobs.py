@@ -1,23 +1,22 @@
 """The job service: the only code that changes a job's state.
 
-Users create, read, cancel and delete their own jobs. Workers claim a job with one conditional
-UPDATE that hands them a lease token; every later write of theirs is fenced by that token, so a
-worker that lost its job (deleted, or reclaimed after its heartbeat went stale) changes nothing.
+Users create, read, cancel and delete their own jobs. Workers hold a job under a lease (see
+backend/leases.py): what a job adds is its phase, progress and outputs, its owner's cancel flag,
+and how the reaper ends it.
 """
 
 import logging
-import secrets
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from backend import storage
+from backend import leases, storage
 from backend.errors import LimitExceeded, NotFound, StorageFailed
 from backend.images import IngestedPhoto
+from backend.leases import Ending, Lease
 from backend.models import (
     TERMINAL_STATUSES,
     Artifact,
@@ -30,19 +29,6 @@ from backend.models import (
 from backend.settings import get_settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A worker's hold on a job: valid while the job row still carries `token`."""
-
-    job_id: uuid.UUID
-    token: str
-    attempt: int
-
-
-class LeaseLost(Exception):
-    """The job was deleted, finished, or claimed by another worker: stop working on it."""
 
 
 # ── the owner's side ─────────────────────────────────────────────────────────────────────────
@@ -218,54 +204,13 @@ def delete_job(session: Session, owner: User, job_id: uuid.UUID) -> None:
 
 
 def claim_job(session: Session, job_id: uuid.UUID) -> Lease | None:
-    """Take the job if it is free: queued, or running with a stale heartbeat, under the attempt limit.
-
-    One conditional UPDATE decides, so two deliveries of the same message cannot both win.
-    """
-    settings = get_settings()
-    now = utcnow()
-    stale_before = now - timedelta(seconds=settings.heartbeat_stale_seconds)
-    token = secrets.token_hex(16)
-    attempt = session.scalar(
-        update(Job)
-        .where(
-            Job.id == job_id,
-            Job.cancel_requested.is_(False),
-            Job.attempts < settings.max_attempts,
-            or_(
-                Job.status == JobStatus.queued,
-                (Job.status == JobStatus.running) & (Job.heartbeat_at < stale_before),
-            ),
-        )
-        .values(
-            status=JobStatus.running,
-            phase="preparing",
-            lease_token=token,
-            attempts=Job.attempts + 1,
-            heartbeat_at=now,
-            claimed_at=now,
-            started_at=func.coalesce(Job.started_at, now),
-        )
-        .returning(Job.attempts)
-    )
-    session.commit()
-    if attempt is None:
-        return None
-    return Lease(job_id=job_id, token=token, attempt=attempt)
+    """Take the job if it is free (see leases.claim) and its owner has not cancelled it."""
+    return leases.claim(session, Job, job_id, Job.cancel_requested.is_(False), phase="preparing", claimed_at=utcnow())
 
 
-def _fenced_update(session: Session, lease: Lease, **values) -> bool:
-    """Apply `values` if the lease still holds (uncommitted); returns the job's cancel flag."""
-    cancel_requested = session.scalar(
-        update(Job)
-        .where(Job.id == lease.job_id, Job.lease_token == lease.token, Job.status == JobStatus.running)
-        .values(heartbeat_at=utcnow(), **values)
-        .returning(Job.cancel_requested)
-    )
-    if cancel_requested is None:
-        session.rollback()
-        raise LeaseLost(f"job {lease.job_id} is no longer held by this worker")
-    return cancel_requested
+def _update_job(session: Session, lease: Lease, **values) -> bool:
+    """Apply `values` if the lease still holds (uncommitted; else LeaseLost); returns the job's cancel flag."""
+    return leases.fenced_update(session, lease, Job.cancel_requested, **values).cancel_requested
 
 
 def record_progress(
@@ -281,7 +226,7 @@ def record_progress(
 ) -> bool:
     """Write progress (and the loss curve, when given) and heartbeat; returns whether the owner asked to cancel."""
     values = {"loss_history": loss_history} if loss_history is not None else {}
-    cancel_requested = _fenced_update(
+    cancel_requested = _update_job(
         session, lease, phase=phase, step=step, total_steps=total_steps, loss=loss, eta_seconds=eta_seconds, **values
     )
     session.commit()
@@ -307,14 +252,14 @@ def record_validation(
     Each file is whole on disk before its row is added, so the job shows samples as soon as they exist.
     Returns whether the owner asked to cancel.
     """
-    cancel_requested = _fenced_update(session, lease, evaluation=evaluation)
+    cancel_requested = _update_job(session, lease, evaluation=evaluation)
     session.execute(
         delete(Artifact).where(
-            Artifact.job_id == lease.job_id, Artifact.kind == "weights", Artifact.step.not_in(kept_steps)
+            Artifact.job_id == lease.id, Artifact.kind == "weights", Artifact.step.not_in(kept_steps)
         )
     )
     for artifact in artifacts:
-        artifact.job_id = lease.job_id
+        artifact.job_id = lease.id
     session.add_all(artifacts)
     session.commit()
     return cancel_requested
@@ -322,15 +267,15 @@ def record_validation(
 
 def record_memory_plan(session: Session, lease: Lease, memory_plan: dict) -> bool:
     """Store the memory savers this attempt runs with; returns whether the owner asked to cancel."""
-    cancel_requested = _fenced_update(session, lease, memory_plan=memory_plan)
+    cancel_requested = _update_job(session, lease, memory_plan=memory_plan)
     session.commit()
     return cancel_requested
 
 
 def forget_outputs_after(session: Session, lease: Lease, step: int) -> None:
     """A new attempt resumes from `step`: drop what the last attempt recorded after it (it is redone)."""
-    job = session.get(Job, lease.job_id)
-    _fenced_update(
+    job = session.get(Job, lease.id)
+    _update_job(
         session,
         lease,
         loss_history=[point for point in job.loss_history or [] if point[0] <= step] or None,
@@ -338,16 +283,14 @@ def forget_outputs_after(session: Session, lease: Lease, step: int) -> None:
         evaluation=None,
     )
     session.execute(
-        delete(Artifact).where(
-            Artifact.job_id == lease.job_id, Artifact.kind.in_(VALIDATION_KINDS), Artifact.step > step
-        )
+        delete(Artifact).where(Artifact.job_id == lease.id, Artifact.kind.in_(VALIDATION_KINDS), Artifact.step > step)
     )
     session.commit()
 
 
 def heartbeat(session: Session, lease: Lease) -> bool:
     """Prove the worker is alive; returns whether the owner asked to cancel."""
-    cancel_requested = _fenced_update(session, lease)
+    cancel_requested = _update_job(session, lease)
     session.commit()
     return cancel_requested
 
@@ -366,31 +309,19 @@ def finish_job(
     commit together, so a job never succeeds without its outputs or shows outputs twice.
     """
     assert status in TERMINAL_STATUSES
-    _fenced_update(
-        session,
-        lease,
-        status=status,
-        phase=None,
-        eta_seconds=None,
-        error_code=error_code,
-        error_message=error_message,
-        lease_token=None,
-        finished_at=utcnow(),
-    )
+    leases.finish(session, lease, status, error_code, error_message, phase=None, eta_seconds=None)
     if status != JobStatus.succeeded:
         # note: a run that did not succeed leaves no outputs (the caller removes their files)
-        session.execute(delete(Artifact).where(Artifact.job_id == lease.job_id))
+        session.execute(delete(Artifact).where(Artifact.job_id == lease.id))
     # note: added after the fenced update, so a deleted job raises LeaseLost, not a foreign-key error.
     for artifact in artifacts:
-        artifact.job_id = lease.job_id
+        artifact.job_id = lease.id
     session.add_all(artifacts)
     session.commit()
-    log.info("job %s %s%s", lease.job_id, status, f" ({error_code}: {error_message})" if error_code else "")
+    log.info("job %s %s%s", lease.id, status, f" ({error_code}: {error_message})" if error_code else "")
 
 
 # ── the reaper's side ────────────────────────────────────────────────────────────────────────
-# Each function is one conditional UPDATE per kind of job, so reapers in several workers may run
-# at once: a row changes for one of them only.
 
 
 def end_abandoned_jobs(session: Session) -> list[uuid.UUID]:
@@ -402,42 +333,24 @@ def end_abandoned_jobs(session: Session) -> list[uuid.UUID]:
     """
     settings = get_settings()
     now = utcnow()
-    stale_before = now - timedelta(seconds=settings.heartbeat_stale_seconds)
-    stale = (Job.status == JobStatus.running) & (Job.heartbeat_at < stale_before)
     endings = [
-        (stale & Job.cancel_requested.is_(True), JobStatus.cancelled, None, None),
-        (
-            stale & (Job.attempts >= settings.max_attempts),
+        Ending(leases.stale(Job, now) & Job.cancel_requested.is_(True), JobStatus.cancelled),
+        Ending(
+            leases.given_up(Job, now),
             JobStatus.failed,
             "worker_lost",
             f"The worker running this job stopped responding {settings.max_attempts} times, so it was "
             "given up; the photos or settings may crash the worker. Try again, or with other settings.",
         ),
-        (
-            (Job.status == JobStatus.running)
-            & (Job.claimed_at < now - timedelta(seconds=settings.job_time_limit_seconds)),
+        Ending(
+            Job.claimed_at < now - timedelta(seconds=settings.job_time_limit_seconds),
             JobStatus.failed,
             "timeout",
             timeout_message(settings.job_time_limit_seconds),
         ),
     ]
-    ended = []
-    for condition, status, code, message in endings:
-        ended += session.scalars(
-            update(Job)
-            .where(condition)
-            .values(
-                status=status,
-                phase=None,
-                eta_seconds=None,
-                error_code=code,
-                error_message=message,
-                lease_token=None,
-                finished_at=now,
-            )
-            .returning(Job.id)
-            .execution_options(synchronize_session=False)
-        ).all()
+    rows = leases.end_abandoned(session, Job, endings, phase=None, eta_seconds=None)
+    ended = [row.id for row in rows]
     if ended:
         # note: their files go too (the reaper removes them once this commits)
         session.execute(delete(Artifact).where(Artifact.job_id.in_(ended)))
@@ -455,35 +368,8 @@ def timeout_message(limit_seconds: float) -> str:
 
 
 def jobs_to_wake(session: Session) -> list[uuid.UUID]:
-    """Jobs that need another wake-up call, each marked as sent now; returns their ids.
-
-    Queued jobs whose last call is older than `requeue_queued_after_seconds` (the message may be
-    lost), and running jobs with a stale heartbeat and attempts left, once per stale period (the
-    claim takes those over). A second message for a job is harmless: the claim lets one through.
-    """
-    settings = get_settings()
-    now = utcnow()
-    stale_before = now - timedelta(seconds=settings.heartbeat_stale_seconds)
-    queued_before = now - timedelta(seconds=settings.requeue_queued_after_seconds)
-    last_sent = func.coalesce(Job.enqueued_at, Job.created_at)
-    ids = session.scalars(
-        update(Job)
-        .where(
-            Job.cancel_requested.is_(False),
-            or_(
-                (Job.status == JobStatus.queued) & (last_sent < queued_before),
-                (Job.status == JobStatus.running)
-                & (Job.heartbeat_at < stale_before)
-                & (Job.attempts < settings.max_attempts)
-                & (last_sent < stale_before),
-            ),
-        )
-        .values(enqueued_at=now)
-        .returning(Job.id)
-        .execution_options(synchronize_session=False)
-    ).all()
-    session.commit()
-    return list(ids)
+    """Jobs that need another wake-up call (see leases.to_wake) unless cancelled, each marked as sent now."""
+    return leases.to_wake(session, Job, Job.cancel_requested.is_(False))
 
 
 def purge_expired_photos(session: Session) -> list[uuid.UUID]:

@@ -72,6 +72,27 @@ class JobStatus(enum.StrEnum):
 TERMINAL_STATUSES = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
+class LeasedWork:
+    """The columns of work that workers take under a lease, jobs and generations alike (see backend/leases.py)."""
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    # queued -> running (under a lease) -> an end; generations spell their statuses as jobs do
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.queued, index=True)
+    error_code: Mapped[str | None] = mapped_column(String(40))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    # Delivery bookkeeping: who holds the work, since when, and how often it was tried.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    heartbeat_at: Mapped[datetime | None]
+    # When the last wake-up call was sent to the broker (the reaper re-sends lost ones).
+    enqueued_at: Mapped[datetime | None]
+
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
 class User(Base):
     __tablename__ = "users"
 
@@ -96,16 +117,14 @@ class ApiToken(Base):
     user: Mapped[User] = relationship(lazy="joined")
 
 
-class Job(Base):
+class Job(LeasedWork, Base):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_owner_created", "owner_id", "created_at"),
         UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_id_idempotency_key"),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(20), default=JobStatus.queued, index=True)
     phase: Mapped[str | None] = mapped_column(String(40))
     settings: Mapped[dict[str, Any]]
 
@@ -114,18 +133,9 @@ class Job(Base):
     loss: Mapped[float | None]
     eta_seconds: Mapped[float | None]
 
-    error_code: Mapped[str | None] = mapped_column(String(40))
-    error_message: Mapped[str | None] = mapped_column(Text)
-
-    # Delivery bookkeeping: who holds the job, since when, and how often it was tried.
     cancel_requested: Mapped[bool] = mapped_column(default=False)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    lease_token: Mapped[str | None] = mapped_column(String(64))
-    heartbeat_at: Mapped[datetime | None]
     # When the current attempt was claimed (time limits count from here).
     claimed_at: Mapped[datetime | None]
-    # When the last wake-up call was sent to the broker (the reaper re-sends lost ones).
-    enqueued_at: Mapped[datetime | None]
     # The client's Idempotency-Key: a retried POST returns this job instead of making another.
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     # When the retention rule deleted the raw photos (the job keeps their metadata).
@@ -137,10 +147,6 @@ class Job(Base):
     # The memory savers memory_profile chose for the latest attempt (worker/dreambooth/memory.py):
     # {"profile", "gpu_memory_gib", "changes": {setting: value}}; None until an attempt starts.
     memory_plan: Mapped[dict[str, Any] | None]
-
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
 
     photos: Mapped[list["Photo"]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True, order_by="Photo.position"
@@ -193,26 +199,15 @@ class GenerationStatus(enum.StrEnum):
     failed = "failed"
 
 
-class Generation(Base):
+class Generation(LeasedWork, Base):
     """Images rendered on demand from a finished job's weights (at its final or a kept step)."""
 
     __tablename__ = "generations"
     __table_args__ = (Index("ix_generations_job_created", "job_id", "created_at"),)
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    status: Mapped[str] = mapped_column(String(20), default=GenerationStatus.queued, index=True)
     # prompt, negative_prompt, scheduler, num_inference_steps, guidance_scale, seed, num_images, step
     params: Mapped[dict[str, Any]]
     # [{"path": relative to DATA_DIR, "seed": int}, ...] once rendered
     images: Mapped[list[Any]] = mapped_column(JSONType, default=list)
-    error_code: Mapped[str | None] = mapped_column(String(40))
-    error_message: Mapped[str | None] = mapped_column(Text)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    lease_token: Mapped[str | None] = mapped_column(String(64))
-    heartbeat_at: Mapped[datetime | None]
-    enqueued_at: Mapped[datetime | None]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     job_time_limit_seconds: int = 6 * 3600 + 900
     # A generation still running this long after it first started fails with `timeout` (the reaper's check).
     generation_time_limit_seconds: int = 1800
-    # How long a worker keeps trying to record a job's outcome while the database is down.
+    # How long a worker keeps trying to record a job's or a generation's outcome while the database is down.
     finish_retry_seconds: float = 300.0
     # Raw photos of a finished job are deleted this many days after it ended (None: kept).
     photo_retention_days: float | None = None

@@ -8,24 +8,24 @@ once. As with training, the message is only a wake-up call: the task reads every
 import functools
 import logging
 import shutil
-import threading
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from backend import generations, storage
 from backend.db import get_sessionmaker
-from backend.generations import GenerationLease, generation_dir
-from backend.jobs import WEIGHT_KINDS, LeaseLost
+from backend.generations import generation_dir
+from backend.jobs import WEIGHT_KINDS
+from backend.leases import Lease, LeaseLost
 from backend.models import Generation, GenerationStatus, Job
 from backend.queue import GENERATE_TASK
 from backend.settings import get_settings
 from worker.celery_app import app
-from worker.dreambooth.errors import JobError, out_of_memory_as_error
-from worker.tasks import STORAGE_ERRNOS
+from worker.dreambooth.errors import JobError, out_of_memory_as_error, storage_failure_as_error
+from worker.leased import Heartbeat, clean_up_after_lost_lease, record_outcome
 
 if TYPE_CHECKING:
     from worker.dreambooth.render import RenderedImage, RenderRequest, TrainedModel
@@ -52,7 +52,7 @@ def run_generation(generation_id: uuid.UUID) -> None:
         try:
             images = _render(generation_id, beat)
         except LeaseLost:
-            _clean_up_after_lost_lease(job_id, generation_id)
+            _clean_up_after_lost_lease(lease, job_id)
         except JobError as error:
             _finish(lease, job_id, GenerationStatus.failed, error_code=error.code, error_message=error.message)
         except Exception as exc:
@@ -61,41 +61,9 @@ def run_generation(generation_id: uuid.UUID) -> None:
             _finish(lease, job_id, GenerationStatus.failed, error_code="generation_error", error_message=message)
         else:
             if beat.lease_lost:
-                _clean_up_after_lost_lease(job_id, generation_id)
+                _clean_up_after_lost_lease(lease, job_id)
             else:
                 _finish(lease, job_id, GenerationStatus.succeeded, images=images)
-
-
-class Heartbeat:
-    """Heartbeats a generation's lease on a background thread while it renders; notes when it is lost."""
-
-    def __init__(self, lease: GenerationLease):
-        self.lease = lease
-        self.lease_lost = False
-        self._interval = max(1.0, get_settings().heartbeat_stale_seconds / 4)
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{lease.generation_id}", daemon=True)
-
-    def __enter__(self) -> "Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._stopped.set()
-        self._thread.join()
-
-    def _beat(self) -> None:
-        while not self._stopped.wait(self._interval):
-            try:
-                with get_sessionmaker()() as session:
-                    generations.heartbeat(session, self.lease)
-            except LeaseLost:
-                log.warning("generation %s: lease lost, stopping", self.lease.generation_id)
-                self.lease_lost = True
-                return
-            except Exception:
-                # note: a database blip must not stop the render; the next beat retries.
-                log.exception("generation %s: heartbeat failed", self.lease.generation_id)
 
 
 def _render(generation_id: uuid.UUID, beat: Heartbeat) -> list[dict]:
@@ -120,14 +88,11 @@ def _render(generation_id: uuid.UUID, beat: Heartbeat) -> list[dict]:
             resolution=job.settings["resolution"],
         )
     out_dir = generation_dir(job.id, generation_id)
-    try:
-        images = _render_with(model, request, out_dir, generation_id, lambda: beat.lease_lost)
-    except OSError as exc:
-        if exc.errno in STORAGE_ERRNOS:
-            log.error("generation %s: the file store failed: %s", generation_id, exc)
-            message = "The server could not write the images (its disk is full or failing)."
-            raise JobError("storage_error", message) from None
-        raise
+    images = storage_failure_as_error(
+        lambda: _render_with(model, request, out_dir, generation_id, lambda: beat.lease_lost),
+        "The server could not write the images (its disk is full or failing).",
+        f"generation {generation_id}",
+    )
     return [{"path": storage.relative(image.path), "seed": image.seed} for image in images]
 
 
@@ -196,32 +161,28 @@ def _render_with(
     )
 
 
-def _finish(lease: GenerationLease, job_id: uuid.UUID, status: GenerationStatus, **outcome) -> None:
-    """Record the outcome; a generation that did not succeed leaves no partial images behind."""
-    try:
-        with get_sessionmaker()() as session:
-            generations.finish_generation(session, lease, status, **outcome)
-    except LeaseLost:
-        log.warning("generation %s: lease lost before it could be marked %s", lease.generation_id, status)
-        _clean_up_after_lost_lease(job_id, lease.generation_id)
-        return
-    if status != GenerationStatus.succeeded:
-        shutil.rmtree(generation_dir(job_id, lease.generation_id), ignore_errors=True)
+def _finish(lease: Lease, job_id: uuid.UUID, status: GenerationStatus, **outcome) -> None:
+    """Record the outcome (through a database outage, see record_outcome); a generation that did not succeed
+    leaves no partial images behind."""
+
+    def finish(session: Session) -> None:
+        generations.finish_generation(session, lease, status, **outcome)
+
+    if not record_outcome(lease, status, finish):
+        _clean_up_after_lost_lease(lease, job_id)
+    elif status != GenerationStatus.succeeded:
+        shutil.rmtree(generation_dir(job_id, lease.id), ignore_errors=True)
 
 
-def _clean_up_after_lost_lease(job_id: uuid.UUID, generation_id: uuid.UUID) -> None:
+def _clean_up_after_lost_lease(lease: Lease, job_id: uuid.UUID) -> None:
     """Remove what this run wrote if the generation was deleted meanwhile (with its job); leave it
     when another worker took the generation over."""
-    log.warning("generation %s: lease lost; stopping", generation_id)
-    try:
-        with get_sessionmaker()() as session:
-            gone = session.get(Generation, generation_id) is None
-            job_gone = session.get(Job, job_id) is None
-    except (OperationalError, InterfaceError):
-        log.exception("generation %s: could not check it after losing its lease", generation_id)
-        return
-    if job_gone:
-        # note: the job's files went with it; any image written since would be left over
-        storage.remove_job_files(job_id)
-    elif gone:
-        shutil.rmtree(generation_dir(job_id, generation_id), ignore_errors=True)
+
+    def clean_up(session: Session) -> None:
+        if session.get(Job, job_id) is None:
+            # note: the job's files went with it; any image written since would be left over
+            storage.remove_job_files(job_id)
+        elif session.get(Generation, lease.id) is None:
+            shutil.rmtree(generation_dir(job_id, lease.id), ignore_errors=True)
+
+    clean_up_after_lost_lease(lease, clean_up)

@@ -5,20 +5,18 @@ reporter, records the files the core made, and ends the job. The message is only
 everything the task needs it reads again from the database.
 """
 
-import errno
 import functools
 import logging
 import shutil
-import time
 import uuid
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from backend import jobs, storage
 from backend.db import get_sessionmaker
-from backend.jobs import Lease, LeaseLost
+from backend.leases import Lease, LeaseLost
 from backend.models import Artifact, Job, JobStatus
 from backend.queue import TRAIN_TASK
 from backend.settings import get_settings
@@ -26,8 +24,9 @@ from formats.lora import LORA_FORMATS
 from worker.celery_app import app
 from worker.core_config import core_config, drop_training_state
 from worker.dreambooth.config import STATE_DIR, TrainConfig, TrainResult
-from worker.dreambooth.errors import JobError
+from worker.dreambooth.errors import JobError, storage_failure_as_error
 from worker.dreambooth.steps import EVALUATION_FILE, SAMPLES_DIR, STEPS_DIR
+from worker.leased import clean_up_after_lost_lease, record_outcome
 from worker.progress import JobReporter
 
 log = logging.getLogger(__name__)
@@ -35,9 +34,6 @@ log = logging.getLogger(__name__)
 
 # What a resumed attempt keeps of an earlier one's outputs (besides the training state).
 VALIDATION_OUTPUTS = (SAMPLES_DIR, STEPS_DIR, EVALUATION_FILE)
-
-# Write failures that mean the file store, not the job, is at fault.
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
 
 
 # note: no Celery time_limit: the solo pool cannot enforce one. The soft limit stops training from
@@ -66,7 +62,7 @@ def run_training_job(job_id: uuid.UUID) -> None:
         try:
             result = _run_core(job_id, reporter)
         except LeaseLost:
-            _clean_up_after_lost_lease(job_id)
+            _clean_up_after_lost_lease(lease)
         except JobError as error:
             _finish(lease, JobStatus.failed, error.code, error.message)
         except Exception as exc:
@@ -74,7 +70,7 @@ def run_training_job(job_id: uuid.UUID) -> None:
             _finish(lease, JobStatus.failed, "training_error", f"Training failed: {exc}"[:1000])
         else:
             if reporter.lease_lost:
-                _clean_up_after_lost_lease(job_id)
+                _clean_up_after_lost_lease(lease)
             elif result.stopped and reporter.timed_out:
                 limit = get_settings().job_soft_time_limit_seconds
                 _finish(lease, JobStatus.failed, "timeout", jobs.timeout_message(limit))
@@ -86,17 +82,14 @@ def run_training_job(job_id: uuid.UUID) -> None:
 
 def _run_core(job_id: uuid.UUID, reporter: JobReporter) -> TrainResult:
     """Read the job's configuration and train; a failing file store becomes `storage_error`."""
-    try:
+
+    def run() -> TrainResult:
         with get_sessionmaker()() as session:
             config = training_config(session.get(Job, job_id))
         return _train(config, reporter)
-    except OSError as exc:
-        if exc.errno in STORAGE_ERRNOS:
-            log.error("job %s: the file store failed: %s", job_id, exc)
-            raise JobError(
-                "storage_error", "The server could not write the job's files (its disk is full or failing)."
-            ) from None
-        raise
+
+    message = "The server could not write the job's files (its disk is full or failing)."
+    return storage_failure_as_error(run, message, f"job {job_id}")
 
 
 def training_config(job: Job) -> TrainConfig:
@@ -191,42 +184,27 @@ def _finish(
     message: str | None = None,
     result: TrainResult | None = None,
 ) -> None:
-    """Record the outcome, retrying for a while if the database is down; a run that did not
-    succeed leaves no partial outputs behind."""
-    deadline = time.monotonic() + get_settings().finish_retry_seconds
-    delay = 1.0
-    while True:
-        try:
-            with get_sessionmaker()() as session:
-                artifacts = _artifacts(result) if result else []
-                jobs.finish_job(session, lease, status, code, message, artifacts)
-            break
-        except LeaseLost:
-            log.warning("job %s: lease lost before it could be marked %s", lease.job_id, status)
-            _clean_up_after_lost_lease(lease.job_id)
-            return
-        except (OperationalError, InterfaceError) as exc:
-            if time.monotonic() + delay > deadline:
-                log.error("job %s: the database stayed unreachable; leaving the job to the reaper", lease.job_id)
-                raise
-            log.warning("job %s: could not record %s (%s); retrying in %.0f s", lease.job_id, status, exc, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 15.0)
-    if status != JobStatus.succeeded:
-        storage.remove_job_outputs(lease.job_id)
+    """Record the outcome (through a database outage, see record_outcome); a run that did not succeed leaves
+    no partial outputs behind."""
+
+    def finish(session: Session) -> None:
+        jobs.finish_job(session, lease, status, code, message, _artifacts(result) if result else [])
+
+    if not record_outcome(lease, status, finish):
+        _clean_up_after_lost_lease(lease)
+    elif status != JobStatus.succeeded:
+        storage.remove_job_outputs(lease.id)
 
 
-def _clean_up_after_lost_lease(job_id: uuid.UUID) -> None:
+def _clean_up_after_lost_lease(lease: Lease) -> None:
     """Remove what this run wrote if its job was deleted or ended meanwhile (by its owner or the
     reaper); leave everything when another worker took the job over."""
-    log.warning("job %s: lease lost; stopping", job_id)
-    try:
-        with get_sessionmaker()() as session:
-            status = session.scalar(select(Job.status).where(Job.id == job_id))
-    except (OperationalError, InterfaceError):
-        log.exception("job %s: could not check the job after losing its lease", job_id)
-        return
-    if status is None:
-        storage.remove_job_files(job_id)
-    elif status in (JobStatus.failed, JobStatus.cancelled):
-        storage.remove_job_outputs(job_id)
+
+    def clean_up(session: Session) -> None:
+        status = session.scalar(select(Job.status).where(Job.id == lease.id))
+        if status is None:
+            storage.remove_job_files(lease.id)
+        elif status in (JobStatus.failed, JobStatus.cancelled):
+            storage.remove_job_outputs(lease.id)
+
+    clean_up_after_lost_lease(lease, clean_up)

@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from backend import generations, jobs, storage
-from backend.jobs import LeaseLost
+from backend import generations, jobs, leases, storage
+from backend.leases import LeaseLost
 from backend.models import Artifact, Generation, JobStatus, User, utcnow
 from backend.queue import GPU_QUEUE
 from backend.settings import get_settings
@@ -51,12 +51,12 @@ def test_one_claim_wins_and_its_lease_fences_every_write(db, generation):
     lease = generations.claim_generation(db, generation.id)
     assert lease is not None and lease.attempt == 1
     assert generations.claim_generation(db, generation.id) is None  # a duplicate delivery
-    generations.heartbeat(db, lease)
+    leases.heartbeat(db, lease)
     stale(db, generation)
     taken_over = generations.claim_generation(db, generation.id)
     assert taken_over is not None and taken_over.attempt == 2
     with pytest.raises(LeaseLost):
-        generations.heartbeat(db, lease)
+        leases.heartbeat(db, lease)
     with pytest.raises(LeaseLost):
         generations.finish_generation(db, lease, "succeeded", images=[{"path": "x.png", "seed": 1}])
     generations.finish_generation(db, taken_over, "succeeded", images=[{"path": "y.png", "seed": 1}])
@@ -117,7 +117,7 @@ def test_the_reaper_fails_a_stale_generation_at_the_attempt_limit(db, generation
 def test_the_reaper_fails_a_generation_running_past_the_time_limit_though_its_worker_beats(db, generation, broker):
     lease = generations.claim_generation(db, generation.id)
     set_times(db, generation, started_at=get_settings().generation_time_limit_seconds + 1)
-    generations.heartbeat(db, lease)  # note: alive but stuck: the heartbeat is fresh
+    leases.heartbeat(db, lease)  # note: alive but stuck: the heartbeat is fresh
     reaper.sweep()
     db.refresh(generation)
     assert (generation.status, generation.error_code, generation.lease_token) == ("failed", "timeout", None)

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from backend import jobs
-from backend.jobs import LeaseLost
+from backend.leases import LeaseLost
 from backend.models import Artifact, Job, JobStatus, User, utcnow
 from backend.settings import get_settings
 

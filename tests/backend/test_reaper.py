@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import update
 
 from backend import jobs, storage
+from backend.leases import LeaseLost
 from backend.models import Artifact, Job, JobStatus, utcnow
 from backend.queue import GPU_QUEUE
 from backend.settings import get_settings
@@ -96,7 +97,7 @@ def test_a_job_past_the_hard_time_limit_fails_with_timeout_and_its_worker_is_fen
     reaper.sweep()
     db.refresh(job)
     assert (job.status, job.error_code) == ("failed", "timeout")
-    with pytest.raises(jobs.LeaseLost):
+    with pytest.raises(LeaseLost):
         jobs.heartbeat(db, lease)
 
 

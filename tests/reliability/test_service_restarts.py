@@ -1,4 +1,5 @@
-"""The broker and the database restart while a job trains: the job still ends, nothing stays running.
+"""The broker and the database restart while a job trains, and the database goes down while a
+generation renders: the work still ends, nothing stays running.
 
 Both run as private servers of this test (a redis-server and a throwaway Postgres cluster on free
 ports), so restarting them disturbs nobody else.
@@ -6,6 +7,7 @@ ports), so restarting them disturbs nobody else.
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -13,15 +15,17 @@ from collections.abc import Iterator
 from glob import glob
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from alembic import command
-from tests.e2e.stack import FAST_SETTINGS, free_port
+from tests.e2e.stack import FAST_SETTINGS, Client, free_port
 from tests.reliability.conftest import new_client, wait_until
 
 pytestmark = pytest.mark.e2e
 
 LONG = {**FAST_SETTINGS, "max_train_steps": 40}
+TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 class PostgresCluster:
@@ -93,5 +97,49 @@ def test_jobs_survive_broker_and_database_restarts(make_stack, redis_server, pos
     postgres_cluster.start()
 
     for job_id in (job["id"], while_down["id"]):
-        done = client.wait_for(job_id, {"succeeded", "failed", "cancelled"}, stack, timeout=180)
+        done = client.wait_for(job_id, TERMINAL, stack, timeout=180)
         assert (done["status"], done["attempts"]) == ("succeeded", 1), (done, stack.logs())
+
+
+def generation_row(cluster: PostgresCluster, generation_id: str) -> tuple[str, int]:
+    """The generation's (status, attempts), read from the database itself."""
+    with psycopg.connect(cluster.url) as connection:
+        return connection.execute("SELECT status, attempts FROM generations WHERE id = %s", (generation_id,)).fetchone()
+
+
+def finished_generation(client: Client, generation_id: str):
+    def check():
+        generation = client.http.get(f"/api/generations/{generation_id}").json()
+        return generation if generation["status"] in ("succeeded", "failed") else None
+
+    return check
+
+
+def test_a_generation_finishes_through_a_database_outage(make_stack, postgres_cluster):
+    stack = make_stack(DATABASE_URL=postgres_cluster.url)
+    worker = stack.start_worker("worker")
+    client = new_client(stack, "alice")
+    job = client.wait_for(client.submit({**FAST_SETTINGS, "max_train_steps": 8})["id"], TERMINAL, stack)
+    assert job["status"] == "succeeded", stack.logs()
+    render = {"prompt": "a photo of rufus toy on the moon", "num_inference_steps": 20, "num_images": 2, "seed": 3}
+    generation = client.http.post(f"/api/jobs/{job['id']}/generations", json=render).json()
+
+    # The worker is paused the moment it starts rendering, so the database is down before it can finish.
+    worker_log = stack.log_dir / "worker.log"
+    rendering = f"generation {generation['id']}: loaded the model from disk"
+    deadline = time.monotonic() + 60
+    while rendering not in worker_log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"the generation did not start rendering:\n{stack.logs()}"
+        time.sleep(0.01)
+    worker.send_signal(signal.SIGSTOP)
+    postgres_cluster.stop()
+    worker.send_signal(signal.SIGCONT)
+    retrying = f"generation {generation['id']}: could not record succeeded"
+    wait_until(lambda: retrying in worker_log.read_text(errors="replace"), stack, 300, "the finish to meet the outage")
+    postgres_cluster.start()
+
+    done = wait_until(finished_generation(client, generation["id"]), stack, 120, "the generation to finish")
+    assert done["status"] == "succeeded" and len(done["images"]) == 2, (done, stack.logs())
+    assert generation_row(postgres_cluster, generation["id"]) == ("succeeded", 1)
+    for image in done["images"]:
+        assert client.http.get(image["url"]).status_code == 200
