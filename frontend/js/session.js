@@ -38,8 +38,9 @@ const TOKEN_KEY = "dreambooth-studio.token";
 /** @typedef {{name: string, title: string, summary: string, values: Record<string, any>}} Preset */
 
 /**
- * What the server said about itself, loaded once per sign-in: facts (GET /api/info), presets, and the
- * training settings with their groups in the order the page shows them (GET /api/training-settings).
+ * The token (kept in localStorage), and what the server said about itself, loaded once per sign-in:
+ * facts (GET /api/info), presets, and the training settings with their groups in the order the page
+ * shows them (GET /api/training-settings).
  * @type {{
  *   token: string | null,
  *   info: ServerInfo | null,
