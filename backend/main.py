@@ -1,6 +1,7 @@
 """The FastAPI application: routers, error handlers, and the static frontend (`uvicorn backend.main:app`)."""
 
 import logging
+import mimetypes
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -33,6 +34,8 @@ def create_app() -> FastAPI:
         app.include_router(module.router, responses=ERROR_RESPONSES)
     # note: mounted last, so that "/" serves the page without shadowing /api or the probes.
     if (FRONTEND_DIR / "index.html").is_file():
+        # note: browsers run ES modules only when served as JavaScript; some systems' tables map .js otherwise.
+        mimetypes.add_type("text/javascript", ".js")
         app.mount("/", StaticFiles(directory=FRONTEND_DIR, html=True), name="frontend")
     return app
 

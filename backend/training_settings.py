@@ -185,9 +185,11 @@ class TrainingSettings(BaseModel):
     adam_weight_decay: float = setting(1e-2, group="Optimizer", ge=0, le=1, help="AdamW decoupled weight decay")
     adam_epsilon: float = setting(1e-8, group="Optimizer", gt=0, le=1e-3, help="AdamW denominator guard")
     max_grad_norm: float = setting(1.0, group="Optimizer", gt=0, le=100, help="Gradient clipping threshold")
+    # note: the validator below refuses it with LoRA, so the page shows it only for full fine-tuning
     use_ema: bool = setting(
-        False, group="Optimizer", help="Export an exponential moving average of the UNet (the study: no visible gain)"
-    )
+        False, group="Optimizer", shown_when={"training_method": "full"},
+        help="Export an exponential moving average of the UNet (the study: no visible gain)",
+    )  # fmt: skip
     snr_gamma: float | None = setting(
         None, group="Optimizer", gt=0, le=100, help="Min-SNR loss weighting; 5.0 is recommended; empty: off"
     )
@@ -253,6 +255,7 @@ class SettingOut(BaseModel):
     exclusive_maximum: bool
     multiple_of: int | None
     max_items: int | None  # for lists
+    max_length: int | None  # characters, of a string or of each item of a list
     help: str
     group: str
     shown_when: dict[str, Any] | None  # the page shows it only when these settings have these values
@@ -286,6 +289,7 @@ def _describe(name: str, field: FieldInfo) -> SettingOut:
         exclusive_maximum=limits.get("exclusive_maximum", False),
         multiple_of=extra.get("multiple_of"),
         max_items=limits.get("max_items"),
+        max_length=_max_length(annotation, field.metadata),
         help=field.description or "",
         group=extra["group"],
         shown_when=extra.get("shown_when"),
@@ -308,6 +312,15 @@ def _type_name(annotation: Any) -> str:
     if get_origin(annotation) is Annotated:
         annotation = get_args(annotation)[0]
     return {int: "int", float: "float", bool: "bool", str: "string"}[annotation]
+
+
+def _max_length(annotation: Any, metadata: list) -> int | None:
+    """The most characters a string may have; for a list, each of its items."""
+    if get_origin(annotation) is list:
+        (annotation,) = get_args(annotation)
+    constraints = [*metadata, *(get_args(annotation)[1:] if get_origin(annotation) is Annotated else ())]
+    lengths = [item.max_length for item in constraints if isinstance(item, StringConstraints) and item.max_length]
+    return lengths[0] if lengths else None
 
 
 def _limits(metadata: list) -> dict:

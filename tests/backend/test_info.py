@@ -52,6 +52,10 @@ def test_training_settings_describe_every_field_with_its_range_default_and_help(
         "type": "list", "default": [], "max_items": 8, "help": "",
     }  # fmt: skip
     assert settings["lora_rank"]["shown_when"] == {"training_method": "lora"}
+    assert settings["use_ema"]["shown_when"] == {"training_method": "full"}  # the pair is refused
+    assert settings["instance_prompt"]["max_length"] == settings["class_prompt"]["max_length"] == 500
+    assert settings["validation_prompts"]["max_length"] == 500  # each prompt
+    assert settings["max_train_steps"]["max_length"] is None
     assert client.get("/api/training-settings").status_code == 401
 
 

@@ -46,9 +46,21 @@ def browser():
         chromium.close()
 
 
+def console_problem(message) -> str | None:
+    """A console error worth failing for, as text; None for the browser's note that an API request
+    answered an error status (the page shows those, and tests ask for them)."""
+    if message.type != "error":
+        return None
+    api_status = message.text.startswith("Failed to load resource: the server responded with a status of 4")
+    if api_status and "/api/" in message.location.get("url", ""):
+        return None
+    return f"{message.text} ({message.location.get('url')}:{message.location.get('lineNumber')})"
+
+
 @pytest.fixture
 def open_page(browser, stack: Stack) -> Iterator[Callable]:
-    """Opens the app signed in with a token (via the `#token=` URL); fails the test on any script error."""
+    """Opens the app signed in with a token (via the `#token=` URL); fails the test on any script error
+    or console error (a module that does not load is one)."""
     contexts, errors = [], []
 
     def open_app(token: str, viewport: dict = DESKTOP, color_scheme: str = "light"):
@@ -56,12 +68,14 @@ def open_page(browser, stack: Stack) -> Iterator[Callable]:
         contexts.append(context)
         page = context.new_page()
         page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda message: errors.append(console_problem(message)))
         page.goto(f"{stack.url}/#token={token}")
         return page
 
     yield open_app
     for context in contexts:
         context.close()
+    errors = [error for error in errors if error]
     assert not errors, f"script errors on the page: {errors}"
 
 
@@ -71,3 +85,8 @@ def screenshot(page, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def as_upload(files: list) -> list[dict]:
+    """photo_files()'s multipart tuples as Playwright file payloads."""
+    return [{"name": name, "mimeType": mime, "buffer": data} for _field, (name, data, mime) in files]

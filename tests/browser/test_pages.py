@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 
 from backend.auth import create_user
 from backend.db import get_sessionmaker
-from tests.browser.conftest import PHONE, screenshot
+from tests.browser.conftest import PHONE, as_upload, screenshot
 from tests.e2e.stack import FAST_SETTINGS, Client, photo_files
 
 pytestmark = pytest.mark.e2e
@@ -24,11 +24,6 @@ FINISHED_TIMEOUT_MS = 240_000
 GENERATED_TIMEOUT_MS = 120_000
 # A 30-step job samples (and keeps its weights) at steps 10, 20 and 30, two sampler steps each.
 VALIDATION = {"validation_steps": 10, "validation_inference_steps": 2}
-
-
-def as_upload(files: list) -> list[dict]:
-    """photo_files()'s multipart tuples as Playwright file payloads."""
-    return [{"name": name, "mimeType": mime, "buffer": data} for _field, (name, data, mime) in files]
 
 
 def fill_setting(page, name: str, value) -> None:
@@ -206,6 +201,38 @@ def test_generate_images_from_the_job_page(open_page, stack, trained):
         page.reload()
         expect(page.locator(".generation")).to_have_count(1)
         expect(page.locator(".generation").first).to_contain_text("a photo of maria person on the moon")
+
+
+def test_every_view_runs_without_console_errors_or_warnings(open_page, stack, trained):
+    """Sign-in, the jobs list, the new job with every setting shown, a finished job, a missing one.
+    open_page fails the test on script and console errors; this test on warnings too."""
+    token, job_id = finished_job(stack, trained)
+    page = open_page(token)
+    warnings = []
+    page.on("console", lambda message: warnings.append(message.text) if message.type == "warning" else None)
+    page.reload()
+    expect(page.get_by_role("heading", name="Your jobs")).to_be_focused()
+    page.wait_for_function("document.querySelector('.job-row img')?.naturalWidth > 0")
+
+    page.get_by_role("navigation").get_by_role("link", name="New job").click()
+    page.locator("#photo-input").set_input_files(as_upload(photo_files(2)))
+    page.get_by_text("Advanced settings").click()
+    page.get_by_text("Expert settings").click()
+    page.get_by_label("training_method").select_option("lora")
+    expect(page.get_by_label("lora_rank")).to_be_visible()
+    expect(page.locator("#photos-warnings")).to_contain_text("Only 2 photos")
+
+    page.goto(f"{stack.url}/#/jobs/{job_id}")
+    expect(page.get_by_role("heading", name="Generate images")).to_be_visible()
+    page.wait_for_function("[...document.querySelectorAll('.sample-grid img')].every(i => i.naturalWidth > 0)")
+    page.goto(f"{stack.url}/#/jobs/{uuid.uuid4()}")
+    expect(page.get_by_role("heading", name="Job not found")).to_be_focused()
+
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_label("API token").fill("not-a-token")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#token-error")).to_contain_text("not accepted")
+    assert not warnings, f"console warnings: {warnings}"
 
 
 def test_another_users_job_is_not_found(open_page, stack, user_factory):
