@@ -340,7 +340,7 @@ def section_tests(run: Run, limit_s: float) -> dict:
         "-q",
         # note: the confcutdir keeps the suites' database fixtures (tests/conftest.py) out: no Postgres here
         "--confcutdir",
-        "tests/worker/dreambooth",
+        "tests/worker",
         "-p",
         "no:cacheprovider",
         "--junitxml",

@@ -1,7 +1,8 @@
 """The core on a CUDA GPU: half precision, 8-bit Adam, LoRA, samples, generations and exports.
 
 Marked `gpu`: skipped without CUDA, except under `scripts/gpu-check --dry-run` (GPU_CHECK_DRY_RUN=1), which
-runs the same tests on the CPU so they cannot rot between sessions that have a GPU.
+runs the same tests on the CPU so they cannot rot between sessions that have a GPU. Its fixtures come from
+tests/worker/conftest.py alone (the GPU machine has no Postgres for tests/conftest.py's).
 """
 
 import json
@@ -16,13 +17,12 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from tests.worker.conftest import RESOLUTION
 from tests.worker.dreambooth.helpers import changed, weights
 from worker.dreambooth.config import TrainConfig
 from worker.dreambooth.render import RenderRequest, TrainedModel, load_trained, render
 from worker.dreambooth.state import saved_states
 from worker.dreambooth.train import train
-
-from .conftest import RESOLUTION
 
 pytestmark = pytest.mark.gpu
 

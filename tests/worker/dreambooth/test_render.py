@@ -8,10 +8,9 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from PIL import Image
 
+from tests.worker.conftest import RESOLUTION
 from worker.dreambooth.render import PipelineCache, RenderRequest, TrainedModel, load_trained, render
 from worker.dreambooth.schedulers import SCHEDULERS
-
-from .conftest import RESOLUTION
 
 
 def request(**overrides) -> RenderRequest:

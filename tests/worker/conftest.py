@@ -1,4 +1,4 @@
-"""Shared fixtures: the builtin tiny model, four generated photos, and one short training run."""
+"""The worker suites' fixtures: the builtin tiny model, four generated photos, and one short training run."""
 
 import os
 from collections.abc import Callable
