@@ -229,6 +229,12 @@ class Run:
         table = stdout[stdout.index("- machine:") :] if "- machine:" in stdout else stdout
         return json.loads(path.read_text()), table.strip()
 
+    def model_arguments(self) -> list[str]:
+        """What every benchmark is told: the device, the built-in model, its resolution and the work folder."""
+        sizes = self.sizes
+        return ["--device", sizes.device, "--size", sizes.model, "--resolution", str(sizes.resolution),
+                "--work-dir", str(self.work)]  # fmt: skip
+
     def log(self, text: str) -> None:
         with self._lock, (self.out / "gpu-check.log").open("a") as log:
             log.write(text.rstrip() + "\n")
@@ -377,83 +383,28 @@ def section_planner(run: Run, limit_s: float) -> dict:
 
 
 def section_memory_goals(run: Run, limit_s: float) -> dict:
-    sizes = run.sizes
-    measured, table = run.bench(
-        "bench.memory_goals",
-        [
-            "--device",
-            sizes.device,
-            "--size",
-            sizes.model,
-            "--resolution",
-            str(sizes.resolution),
-            "--steps",
-            "2",
-            "--work-dir",
-            str(run.work),
-            *(["--mixed-precision", "bf16"] if run.args.dry_run else []),
-        ],
-        limit_s,
-    )
+    extra = ["--mixed-precision", "bf16"] if run.args.dry_run else []
+    measured, table = run.bench("bench.memory_goals", [*run.model_arguments(), "--steps", "2", *extra], limit_s)
     run.tables["memory goals"] = table
     return {"configurations": measured}
 
 
 def section_lora(run: Run, limit_s: float) -> dict:
-    sizes = run.sizes
-    measured, table = run.bench(
-        "bench.lora_memory",
-        [
-            "--device",
-            sizes.device,
-            "--size",
-            sizes.model,
-            "--resolution",
-            str(sizes.resolution),
-            "--batch-size",
-            "1",
-            "--steps",
-            "5",
-            "--mixed-precision",
-            "bf16" if run.args.dry_run else "fp16",
-            "--work-dir",
-            str(run.work),
-        ],
-        limit_s,
-    )
+    precision = "bf16" if run.args.dry_run else "fp16"
+    arguments = [*run.model_arguments(), "--batch-size", "1", "--steps", "5", "--mixed-precision", precision]
+    measured, table = run.bench("bench.lora_memory", arguments, limit_s)
     run.tables["lora memory"] = table
     return {"methods": measured}
 
 
 def section_speed(run: Run, limit_s: float, rows: str) -> dict:
     sizes = run.sizes
-    measured, table = run.bench(
-        "bench.train_speed",
-        [
-            "--device",
-            sizes.device,
-            "--size",
-            sizes.model,
-            "--resolution",
-            str(sizes.resolution),
-            "--batch-size",
-            "1",
-            "--mixed-precision",
-            "bf16" if run.args.dry_run else "fp16",
-            "--rows",
-            rows,
-            "--no-cache-hit",
-            "--steps",
-            str(sizes.speed_steps),
-            "--warmup",
-            str(sizes.speed_warmup),
-            "--class-images",
-            "4",
-            "--work-dir",
-            str(run.work),
-        ],
-        limit_s,
-    )
+    arguments = [
+        *run.model_arguments(), "--batch-size", "1", "--mixed-precision", "bf16" if run.args.dry_run else "fp16",
+        "--rows", rows, "--no-cache-hit", "--steps", str(sizes.speed_steps), "--warmup", str(sizes.speed_warmup),
+        "--class-images", "4",
+    ]  # fmt: skip
+    measured, table = run.bench("bench.train_speed", arguments, limit_s)
     run.tables[f"training speed, rows {rows}"] = table
     return measured
 
