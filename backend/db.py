@@ -42,6 +42,18 @@ def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(get_engine(), expire_on_commit=False)
 
 
+def consistent_reads(session: Session) -> Session:
+    """Make every query of `session`'s transaction see one snapshot (a row and its children agree).
+
+    note: Postgres's default READ COMMITTED lets a row's lazily loaded children be read after a
+    concurrent delete committed, so a job could be seen without its photos. SQLite (the embedded
+    default) has no such level to ask for; its single-user set-up makes the race harmless there.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    return session
+
+
 async def get_db() -> AsyncIterator[Session]:
     """A session for one request (used by the sync routes in their worker threads).
 

@@ -9,7 +9,7 @@ from sse_starlette import EventSourceResponse
 from backend import jobs
 from backend.api.job_view import job_out
 from backend.auth import CurrentUser
-from backend.db import SessionDep, get_sessionmaker
+from backend.db import SessionDep, consistent_reads, get_sessionmaker
 from backend.errors import NotFound
 from backend.models import TERMINAL_STATUSES, User
 from backend.schemas import JobOut
@@ -44,6 +44,7 @@ async def _job_updates(owner: User, job_id: uuid.UUID):
 def _read_job(owner: User, job_id: uuid.UUID) -> JobOut | None:
     """The job as it is now, or None once it was deleted."""
     with get_sessionmaker()() as session:
+        consistent_reads(session)
         try:
             return job_out(jobs.get_job(session, owner, job_id))
         except NotFound:
