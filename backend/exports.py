@@ -5,7 +5,7 @@ each kept earlier step a weights folder holding only what training changed (its 
 when that was trained; LoRA jobs: the LoRA files). Any other download is built here without torch, once
 per (job, step, format, dtype), and kept under DATA_DIR/jobs/<id>/exports/: a `diffusers` zip of the
 pipeline folder (with a step's weights laid over it) with DDIM as its scheduler and its weights in the
-asked dtype; a step's single file, streamed one tensor at a time in the original Stable Diffusion layout;
+asked dtype; a step's single file, streamed one tensor at a time in its family's original layout;
 a LoRA file in fp16. A lock file per export makes concurrent requests, in threads or processes, build it
 once; the file appears by an atomic rename, so nobody ever sends half of one.
 """
@@ -48,7 +48,6 @@ Dtype = Literal["fp16", "fp32"]
 # A LoRA job's kept step: its weights folder holds one file per LoRA format.
 # Artifacts that hold a step's weights: the steps a download may ask for.
 STEP_KINDS = ("checkpoint", "pipeline", "weights")
-COMPONENTS = ("unet", "vae", "text_encoder")  # what a single file holds
 SAFETENSORS_TYPE = "application/octet-stream"
 
 # The study: DDIM rescues overfit Dreambooth models, so downloaded pipelines default to it.
@@ -299,32 +298,40 @@ def ddim_scheduler_config(config: dict) -> dict:
 def build_single_file(
     pipeline_dir: Path, out: Path, dtype: Dtype, metadata: dict[str, str], overlay: Path | None = None
 ) -> None:
-    """Write a pipeline's UNet, VAE and text encoder (a kept step's weights laid over them) as one
-    .safetensors file in the original Stable Diffusion layout: the names, shapes and types the worker's
-    export_single_file writes, streamed one tensor at a time."""
+    """Write a pipeline's UNet, VAE and text encoders (a kept step's weights laid over them) as one .safetensors
+    file in its family's original layout: the names, shapes, types and bytes the worker's export_single_file
+    writes, streamed one tensor at a time."""
     entries = overlaid(pipeline_dir, overlay)
+    # note: training changes weights, never configs, so the pipeline's own configs tell the family
+    family = layout.folder_family(pipeline_dir)
     with ExitStack() as stack:
-        sources: dict[str, dict] = {component: {} for component in COMPONENTS}  # diffusers name -> open file
-        configs = {}
-        for component in COMPONENTS:
-            configs[component] = _read_json(entries[component] / "config.json")
+        files: dict[str, dict] = {}  # component -> diffusers name -> its open file
+        for component in layout.components(family):
+            files[component] = {}
             for path in layout.weight_files(entries[component]):
                 weights = stack.enter_context(safe_open(path, framework="numpy"))
-                sources[component] |= dict.fromkeys(weights.keys(), weights)
-        names = layout.original_names(
-            sources["unet"], configs["unet"], sources["vae"], configs["vae"], sources["text_encoder"]
-        )
-        tensors = []
-        for name, (component, key) in names.items():
-            view = sources[component][key].get_slice(key)
-            kind = _file_type(view.get_dtype(), dtype)
-            shape = layout.original_shape(name, view.get_shape())
-            tensors.append(Tensor(name, kind, shape, partial(sources[component][key].get_tensor, key)))
-        component, key = names[layout.POSITION_EMBEDDING]
-        positions = layout.position_ids_shape(sources[component][key].get_slice(key).get_shape())
-        tensors.append(Tensor(layout.POSITION_IDS, "I64", positions, partial(np.arange, positions[1])))
+                files[component] |= dict.fromkeys(weights.keys(), weights)
+        configs = {component: _read_json(entries[component] / "config.json") for component in layout.IMAGE_COMPONENTS}
+        sources = layout.original_layout(family, files, configs)
+        tensors = [_streamed(name, source, files, dtype) for name, source in sources.items()]
         with out.open("wb") as target:
             write_tensors(target, tensors, metadata)
+
+
+def _streamed(name: str, source: layout.Source, files: dict[str, dict], dtype: Dtype) -> "Tensor":
+    """The Tensor that writes `name` from the open files `source` reads (formats/single_file.py's Source)."""
+    views = [files[component][key].get_slice(key) for component, key in source.reads]
+    shape = source.shape([view.get_shape() for view in views])
+    if source.transform == layout.POSITIONS:
+        return Tensor(name, "I64", shape, partial(np.arange, shape[1], dtype=np.int64))
+    return Tensor(name, _file_type(views[0].get_dtype(), dtype), shape, partial(_read, source, files))
+
+
+def _read(source: layout.Source, files: dict[str, dict]) -> np.ndarray:
+    """A Source's values: its reads, concatenated along dim 0 when several (q, k, v), transposed if it says so."""
+    values = [files[component][key].get_tensor(key) for component, key in source.reads]
+    value = np.concatenate(values) if len(values) > 1 else values[0]
+    return value.T if source.transform == layout.TRANSPOSE else value
 
 
 def _build_step_single_file(

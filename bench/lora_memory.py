@@ -63,7 +63,7 @@ def measure(args) -> dict:
     if args.child == "lora":
         if half is not None:
             unet.to(dtype=half)
-        add_adapters(unet, None, LoraSettings(rank=args.rank))
+        add_adapters(unet, (), LoraSettings(rank=args.rank))
         parameters = lora_parameters(unet)
     else:
         parameters = list(unet.requires_grad_(True).parameters())

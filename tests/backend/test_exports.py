@@ -13,6 +13,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load, load_file, save_file
 
+from backend import exports
 from backend.exports import (
     build_diffusers_zip,
     build_once,
@@ -143,6 +144,50 @@ def test_single_file_streamed_with_numpy_is_the_workers_export(tiny_pipeline, tm
     build_single_file(tiny_pipeline, tmp_path / "api.safetensors", dtype, metadata)
     # note: the same tensors in the same order, to the byte; only the header's JSON may order its keys otherwise
     assert split(tmp_path / "api.safetensors") == split(worker)
+
+
+@pytest.fixture(scope="session")
+def family_pipelines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The builtin SD 2.x and SDXL pipeline folders (SD 1.x's is tiny_pipeline)."""
+    from worker.dreambooth.tiny import make_model
+
+    root = tmp_path_factory.mktemp("families")
+    return {name: make_model(root / name, name) for name in ("tiny-sd2", "tiny-sdxl")}
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "fp32"])
+@pytest.mark.parametrize("name", ["tiny-sd2", "tiny-sdxl"])
+def test_every_familys_single_file_streamed_with_numpy_is_the_workers_export(family_pipelines, tmp_path, name, dtype):
+    """SD 2.x's and SDXL's OpenCLIP encoders concatenate q, k and v and (SDXL) transpose the projection."""
+    from worker.dreambooth.export import export_single_file
+
+    worker = export_single_file(family_pipelines[name], tmp_path / "worker.safetensors", dtype, {"step": "3"})
+    with safe_open(worker, "np") as f:
+        metadata = f.metadata()
+    build_single_file(family_pipelines[name], tmp_path / "api.safetensors", dtype, metadata)
+    assert split(tmp_path / "api.safetensors") == split(worker)
+
+
+def test_sdxl_step_single_file_has_that_steps_second_text_encoder(family_pipelines, tmp_path):
+    """A kept SDXL step whose weights folder holds its UNet and both text encoders, laid over the final pipeline."""
+    from worker.dreambooth.export import export_single_file
+
+    pipeline = family_pipelines["tiny-sdxl"]
+    step = tmp_path / "weights"
+    for part in ("unet", "text_encoder", "text_encoder_2"):
+        shutil.copytree(pipeline / part, step / part)
+        (weights,) = (step / part).glob("*.safetensors")
+        save_file({key: value + 1 for key, value in load_file(weights).items()}, weights, metadata={"format": "pt"})
+    whole = shutil.copytree(pipeline, tmp_path / "whole", dirs_exist_ok=True)
+    shutil.copytree(step, whole, dirs_exist_ok=True)
+    # note: one file name for both, as the header's default title is the file's
+    final = export_single_file(pipeline, tmp_path / "final" / "model.safetensors", "fp32", {"step": "9"})
+    expected = export_single_file(whole, tmp_path / "worker" / "model.safetensors", "fp32", {"step": "4"})
+
+    exports._build_step_single_file(pipeline, step, final, tmp_path / "api.safetensors", step=4, dtype="fp32")
+    assert split(tmp_path / "api.safetensors") == split(expected)
+    projection = "conditioner.embedders.1.model.text_projection"
+    assert not np.array_equal(load_file(tmp_path / "api.safetensors")[projection], load_file(final)[projection])
 
 
 def test_a_weights_folder_stands_in_for_whole_component_folders(tiny_pipeline, tmp_path):

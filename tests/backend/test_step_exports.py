@@ -106,6 +106,34 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     return Trained(pipeline, weights, whole, checkpoints, lora_files(root / "lora", 0), root / "lora-step")
 
 
+@pytest.fixture(scope="session")
+def trained_sdxl(tmp_path_factory: pytest.TempPathFactory, trained: Trained) -> Trained:
+    """builtin:tiny-sdxl's files, one kept step having trained the UNet and the second text encoder."""
+    from worker.dreambooth.export import export_single_file
+    from worker.dreambooth.tiny import make_model
+
+    root = tmp_path_factory.mktemp("trained-sdxl")
+    pipeline = make_model(root / "pipeline", "tiny-sdxl")
+    weights = root / f"weights-{WITH_TEXT_ENCODER}"
+    for seed, part in enumerate(("unet", "text_encoder_2")):
+        perturbed(pipeline / part, weights / part, seed)
+    whole = shutil.copytree(pipeline, root / "whole")
+    shutil.copytree(weights, whole, dirs_exist_ok=True)
+    metadata = {"instance_prompt": PROMPT, "step": str(FINAL)}
+    checkpoints = {
+        dtype: export_single_file(pipeline, root / f"final-{dtype}.safetensors", dtype, metadata)
+        for dtype in ("fp16", "fp32")
+    }
+    return Trained(
+        pipeline,
+        {WITH_TEXT_ENCODER: weights},
+        {WITH_TEXT_ENCODER: whole},
+        checkpoints,
+        trained.lora,
+        trained.lora_weights,
+    )
+
+
 # ── a finished job holding those files ─────────────────────────────────────────────────────
 
 
@@ -182,7 +210,13 @@ def lora_job(db, make_job, owner, trained) -> Job:
 
 
 def header(data: bytes) -> dict:
-    return json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    return split(data)[0]
+
+
+def split(data: bytes) -> tuple[dict, bytes]:
+    """A .safetensors file's header and its tensor data."""
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + size]), data[8 + size :]
 
 
 def assert_same_tensors(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
@@ -220,6 +254,33 @@ def test_step_single_file_equals_the_workers_export_of_that_steps_weights(
     trained_text = any(name.startswith("cond_stage_model.") for name in differs)
     assert trained_text == (step == WITH_TEXT_ENCODER)
     assert not any(name.startswith("first_stage_model.") for name in differs)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "fp32"])
+def test_sdxl_step_single_file_is_the_workers_export_to_the_byte(
+    client, db, make_job, owner, trained_sdxl, tmp_path, dtype
+):
+    from worker.dreambooth.export import export_single_file
+
+    job = finished_job(db, make_job, owner[0], trained_sdxl, "full")
+    url = f"/api/jobs/{job.id}/checkpoint?format=single&dtype={dtype}&step={WITH_TEXT_ENCODER}"
+    response = client.get(url, headers=owner[1])
+    assert response.status_code == 200
+    expected = export_single_file(trained_sdxl.whole[WITH_TEXT_ENCODER], tmp_path / "worker.safetensors", dtype)
+    expected_header, expected_data = split(expected.read_bytes())
+    downloaded_header, downloaded_data = split(response.content)
+    # note: names, types, shapes and offsets alike; the metadata is the final file's, said of the step
+    assert {k: v for k, v in downloaded_header.items() if k != "__metadata__"} == {
+        k: v for k, v in expected_header.items() if k != "__metadata__"
+    }
+    assert downloaded_data == expected_data
+    assert downloaded_header["__metadata__"]["modelspec.architecture"] == "stable-diffusion-xl-v1-base"
+
+    final = load_file(trained_sdxl.checkpoints[dtype])
+    downloaded = load(response.content)
+    differs = {name for name, value in final.items() if not np.array_equal(value, downloaded[name])}
+    assert {name.split(".")[0] for name in differs} == {"model", "conditioner"}
+    assert all(name.startswith("conditioner.embedders.1.") for name in differs if name.startswith("conditioner."))
 
 
 def test_step_single_file_header_is_the_final_ones_said_of_that_step(client, full_job, owner, trained):

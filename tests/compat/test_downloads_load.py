@@ -1,8 +1,9 @@
 """Every download of a trained job loads first time, in the stack this project runs and in an older one that
 many users pin (.venv-compat: transformers 4.x and a diffusers from before transformers 5).
 
-Four jobs train on the whole stack (full and LoRA, with and without the text encoder); each downloads at its
-final and at a kept earlier step, in every format and dtype, over HTTP. tests/compat/load_downloads.py then
+Eight jobs train on the whole stack: on SD 1.x full and LoRA, with and without the text encoder; on SD 2.x
+and SDXL full and LoRA with their text encoders. Each downloads at its final and at a kept earlier step, in
+every format and dtype, over HTTP. tests/compat/load_downloads.py then
 loads each one with each stack's own loaders: every weight must be accounted for (no missing, unexpected or
 mismatched keys, no LoRA key left unloaded), and the text embedding and UNet output must equal those of
 the weights the worker stored, loaded back in the stack that trained them.
@@ -40,7 +41,13 @@ JOBS = {
     "full-te": {"train_text_encoder": True},
     "lora": {"training_method": "lora"},
     "lora-te": {"training_method": "lora", "train_text_encoder": True},
-}
+    "sd2-full-te": {"base_model": "builtin:tiny-sd2", "train_text_encoder": True},
+    "sd2-lora-te": {"base_model": "builtin:tiny-sd2", "training_method": "lora", "train_text_encoder": True},
+    "sdxl-full-te": {"base_model": "builtin:tiny-sdxl", "train_text_encoder": True, "train_batch_size": 1},
+    "sdxl-lora-te": {
+        "base_model": "builtin:tiny-sdxl", "training_method": "lora", "train_text_encoder": True, "train_batch_size": 1,
+    },
+}  # fmt: skip
 STEPS = (4, 8)  # a kept step and the final one
 FORMATS = {"full": ("single", "diffusers"), "lora": ("lora", "lora_kohya")}
 TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2}  # note: absolute, on values of order one
@@ -67,17 +74,20 @@ def manifest(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Path:
         submitted[name] = clients[name].submit({**SETTINGS, **extra})["id"]
     folder = tmp_path_factory.mktemp("downloads")
     data = Path(stack.env["DATA_DIR"])
-    base = data / "models" / "builtin-tiny"
-    downloads = [{"name": "base", "kind": "diffusers", "path": str(base), "reference": None}]
+    downloads = []
     for name, job_id in submitted.items():
         client = clients[name]
         job = client.wait_for(job_id, {"succeeded", "failed", "cancelled"}, stack, timeout=600)
         assert job["status"] == "succeeded", stack.logs()
         assert set(STEPS) <= set(job["kept_steps"])
+        base_model = JOBS[name].get("base_model", "builtin:tiny")
+        base = data / "models" / f"builtin-{base_model.removeprefix('builtin:')}"
+        if not any(item["name"] == f"base/{base_model}" for item in downloads):
+            downloads.append({"name": f"base/{base_model}", "kind": "diffusers", "path": str(base), "reference": None})
         output = data / "jobs" / uuid.UUID(job_id).hex / "output"
         for step in STEPS:
-            downloads.append(reference(name, step, output, base, folder))
-            for fmt in FORMATS[name.split("-")[0]]:
+            downloads.append({**reference(name, step, output, base, folder), "base_name": f"base/{base_model}"})
+            for fmt in FORMATS[method(name)]:
                 for dtype in ("fp32", "fp16"):
                     path = download(client, job_id, fmt, dtype, step, folder / f"{name}-{step}-{fmt}-{dtype}")
                     item = {"name": f"{name}/{step}/{fmt}/{dtype}", "reference": f"{name}/{step}", "dtype": dtype}
@@ -92,7 +102,7 @@ def reference(name: str, step: int, output: Path, base: Path, folder: Path) -> d
     """What the worker stored for `step`: the pipeline folder (the last step's, with a kept step's own weights
     laid over it), or a LoRA job's kept step as its stored LoRA file on the base model."""
     item = {"name": f"reference/{name}/{step}", "reference": None}
-    if name.startswith("lora") and step != STEPS[-1]:
+    if method(name) == "lora" and step != STEPS[-1]:
         lora = output / "steps" / f"step-{step}" / "pytorch_lora_weights.safetensors"
         return {**item, "kind": "lora", "path": str(lora), "base": str(base)}
     layered = folder / f"reference-{name}-{step}"
@@ -101,6 +111,10 @@ def reference(name: str, step: int, output: Path, base: Path, folder: Path) -> d
         kept = output / "steps" / f"step-{step}" / part.name
         (layered / part.name).symlink_to(kept if kept.exists() else part)
     return {**item, "kind": "diffusers", "path": str(layered)}
+
+
+def method(job_name: str) -> str:
+    return "lora" if "lora" in job_name else "full"
 
 
 def download(client: Client, job_id: str, fmt: str, dtype: str, step: int, stem: Path) -> Path:
@@ -176,9 +190,10 @@ def problems_of(runs: tuple[dict, Path], own: tuple[dict, Path], items: list[dic
 def test_the_stored_weights_load_whole_and_differ_from_the_base(manifest: Path, own):
     items = [item for item in json.loads(manifest.read_text())["downloads"] if not item["reference"]]
     assert problems_of(own, own, items) == []
-    base = outputs_of(own, "base")
-    for item in items[1:]:
-        trained = outputs_of(own, item["name"])
+    for item in items:
+        if item["name"].startswith("base/"):
+            continue
+        base, trained = outputs_of(own, item["base_name"]), outputs_of(own, item["name"])
         changed = ["unet"] + (["text"] if "-te/" in item["name"] else [])
         for name in changed:
             assert (trained[name] - base[name]).abs().max().item() > 10 * TOLERANCE["fp32"], (item["name"], name)

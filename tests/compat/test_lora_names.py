@@ -35,10 +35,10 @@ def kohya_modules(tmp_path: Path) -> tuple[set[str], set[str]]:
     tokenizer = CLIPTokenizer.from_pretrained(tmp_path / "tokenizer")
     with torch.device("meta"):
         unet, text_encoder = _make_unet(SIZES["full"]), _make_text_encoder(SIZES["full"], tokenizer)
-        add_adapters(unet, text_encoder, LoraSettings(rank=4))
+        add_adapters(unet, (text_encoder,), LoraSettings(rank=4))
     layers = kohya_layers(
         get_peft_model_state_dict(unet, adapter_name=ADAPTER),
-        hub_named(get_peft_model_state_dict(text_encoder, adapter_name=ADAPTER)),
+        (hub_named(get_peft_model_state_dict(text_encoder, adapter_name=ADAPTER)),),
     )
     modules = {key.split(".")[0] for key in layers}
     return {m for m in modules if m.startswith("lora_unet_")}, {m for m in modules if m.startswith("lora_te")}

@@ -30,7 +30,7 @@ def tiny_config_dir(tmp_path_factory) -> Path:
     """A builtin:tiny folder whose configs let `from_single_file` rebuild the pipeline offline."""
     from worker.dreambooth.tiny import make_model
 
-    return make_model(tmp_path_factory.mktemp("tiny") / "model", size="tiny")
+    return make_model(tmp_path_factory.mktemp("tiny") / "model", "tiny")
 
 
 @pytest.fixture

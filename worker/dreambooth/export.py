@@ -1,7 +1,7 @@
 """Export a trained run: the diffusers pipeline folder, LoRA files, and single .safetensors files in the
-original Stable Diffusion layout.
+original layout of the model's family (SD 1.x, SD 2.x or SDXL).
 
-AUTOMATIC1111 and ComfyUI load the CompVis/ldm layout; formats/single_file.py names where each weight goes.
+AUTOMATIC1111 and ComfyUI load those layouts; formats/single_file.py names where each weight goes.
 
 The header carries ModelSpec metadata (github.com/Stability-AI/ModelSpec), the keys AUTOMATIC1111,
 ComfyUI and model browsers read, plus how the model was trained: see `checkpoint_metadata`.
@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from formats import single_file as layout
+from formats.families import FAMILIES, FamilyInfo
 
 from .components import Components, pipeline_for, release
 from .config import TrainConfig
@@ -29,34 +30,33 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
-# What every file written here is, in ModelSpec terms; the implementation is the one kohya's
-# sd-scripts names for original-layout SD checkpoints.
+# What every file written here is, in ModelSpec terms (its architecture is its family's); the implementation is
+# the one kohya's sd-scripts names for original-layout SD checkpoints.
 MODELSPEC_LAYOUT = {
     "modelspec.sai_model_spec": "1.0.0",
-    "modelspec.architecture": "stable-diffusion-v1",
     "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
 }
 PREDICTION_TYPES = {"epsilon": "epsilon", "v_prediction": "v"}  # diffusers' name -> ModelSpec's
-SD_LICENSE = "CreativeML Open RAIL-M"  # Stable Diffusion 1.x's weights, and so every fine-tune of them
 
 
 def export_run(config: TrainConfig, parts: Components, run: Trainees, step: int) -> tuple[Path, dict[str, Path]]:
     """Write the trained pipeline folder and the single files (LoRA runs: the LoRA files first); returns the
     folder and the files by name ("fp16", "fp32", "lora", "lora_kohya"). The run ends here (Trainees.finish)."""
     device = run.accelerator.device
-    unet, text_encoder = run.finish()
+    unet, text_encoders = run.finish()
     release(device)
-    metadata = checkpoint_metadata(config, step)
+    metadata = checkpoint_metadata(config, step, parts.family.info.name)
     checkpoints = {}
     if config.training_method == "lora":
-        checkpoints |= save_lora(config.output_dir / "lora", unet, text_encoder, lora_settings(config), metadata)
-        unet, text_encoder = merged_into_base(parts, config.output_dir / "lora", config.train_text_encoder)
+        lora_dir = config.output_dir / "lora"
+        checkpoints |= save_lora(lora_dir, unet, text_encoders, lora_settings(config), parts.family, metadata)
+        unet, text_encoders = merged_into_base(parts, lora_dir, config.train_text_encoder)
     pipeline_dir = config.output_dir / "pipeline"
     # note: the exported pipeline holds the untouched fp32 frozen parts, so exports carry the base weights exactly
-    pipeline = pipeline_for(parts, unet, vae=parts.vae, text_encoder=text_encoder or parts.text_encoder)
+    pipeline = pipeline_for(parts, unet, parts.vae, text_encoders or parts.text_encoders)
     with atomic_dir(pipeline_dir) as tmp:
         save_pipeline(pipeline, tmp)
-    del pipeline, unet, text_encoder
+    del pipeline, unet, text_encoders
     release(device)
     for dtype in ("fp16", "fp32"):
         path = config.output_dir / "checkpoints" / f"model-{dtype}.safetensors"
@@ -64,7 +64,7 @@ def export_run(config: TrainConfig, parts: Components, run: Trainees, step: int)
     return pipeline_dir, checkpoints
 
 
-def checkpoint_metadata(config: TrainConfig, step: int) -> dict[str, str]:
+def checkpoint_metadata(config: TrainConfig, step: int, family: str = "sd1") -> dict[str, str]:
     """The header metadata of a trained checkpoint: ModelSpec's descriptive keys and the training settings.
 
     Values are strings (safetensors allows nothing else); paths on the training machine are left out.
@@ -96,25 +96,27 @@ def checkpoint_metadata(config: TrainConfig, step: int) -> dict[str, str]:
     if config.class_prompt:
         metadata["class_prompt"] = config.class_prompt
     if not config.base_model.startswith("builtin:"):
-        # note: the built-in models are random weights of our own; every other SD 1.x model is a fine-tune
+        # note: the built-in models are random weights of our own; every other model of a family is a fine-tune
         # of Stability's weights, whose licence requires passing its use restrictions on
-        metadata["modelspec.license"] = SD_LICENSE
+        metadata["modelspec.license"] = FAMILIES[family].license
     return metadata
 
 
 def export_single_file(
     pipeline_dir: Path, out_path: Path, dtype: str = "fp16", metadata: dict[str, str] | None = None
 ) -> Path:
-    """Write the pipeline's UNet, VAE and text encoder as one original-layout .safetensors file.
+    """Write the pipeline's UNet, VAE and text encoders as one .safetensors file in its family's original layout.
 
     The header says what the file is (ModelSpec's layout keys, prediction type, a title) and carries `metadata`.
     """
+    family = layout.folder_family(pipeline_dir)
     tensors = original_state_dict(
-        unet=_load_weights(pipeline_dir / "unet"),
-        unet_config=_read_json(pipeline_dir / "unet" / "config.json"),
-        vae=_load_weights(pipeline_dir / "vae"),
-        vae_config=_read_json(pipeline_dir / "vae" / "config.json"),
-        text_encoder=_load_weights(pipeline_dir / "text_encoder"),
+        _load_weights(pipeline_dir / "unet"),
+        _read_json(pipeline_dir / "unet" / "config.json"),
+        _load_weights(pipeline_dir / "vae"),
+        _read_json(pipeline_dir / "vae" / "config.json"),
+        *(_load_weights(pipeline_dir / folder) for folder in family.text_encoders),
+        family=family,
     )
     cast = DTYPES[dtype]
     tensors = {k: (v.to(cast) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
@@ -123,13 +125,14 @@ def export_single_file(
     header = {
         "format": "pt",
         **MODELSPEC_LAYOUT,
+        "modelspec.architecture": layout.modelspec_architecture(family, prediction),
         "modelspec.title": out_path.stem,
         "modelspec.prediction_type": PREDICTION_TYPES.get(prediction, prediction),
         **(metadata or {}),
     }
     with atomic_file(out_path) as tmp:
         save_file(tensors, tmp, metadata=header)
-    log.info("exported %d tensors (%s) to %s", len(tensors), dtype, out_path)
+    log.info("exported %d tensors (%s, %s) to %s", len(tensors), family.name, dtype, out_path)
     return out_path
 
 
@@ -138,17 +141,28 @@ def original_state_dict(
     unet_config: dict,
     vae: dict[str, torch.Tensor],
     vae_config: dict,
-    text_encoder: dict[str, torch.Tensor],
+    *text_encoders: dict[str, torch.Tensor],
+    family: FamilyInfo = FAMILIES["sd1"],
 ) -> dict[str, torch.Tensor]:
-    """Rename diffusers state dicts into one original-layout state dict (tensors are shared, not copied)."""
-    components = {"unet": unet, "vae": vae, "text_encoder": text_encoder}
-    tensors = {}
-    for name, (component, key) in layout.original_names(unet, unet_config, vae, vae_config, text_encoder).items():
-        value = components[component][key]
-        tensors[name] = value.reshape(layout.original_shape(name, value.shape))
-    positions = layout.position_ids_shape(tensors[layout.POSITION_EMBEDDING].shape)
-    tensors[layout.POSITION_IDS] = torch.arange(positions[1]).view(positions)
-    return tensors
+    """Rename diffusers state dicts (the text encoders in `family`'s order; SD 1.x unless told) into one
+    original-layout state dict. Tensors are shared (as views where reshaped or transposed), except concatenated ones.
+    """
+    weights = {"unet": unet, "vae": vae, **dict(zip(family.text_encoders, text_encoders, strict=True))}
+    configs = {"unet": unet_config, "vae": vae_config}
+    return {
+        name: _made(source, [weights[component][key] for component, key in source.reads])
+        for name, source in layout.original_layout(family, weights, configs).items()
+    }
+
+
+def _made(source: layout.Source, reads: list[torch.Tensor]) -> torch.Tensor:
+    """One original-layout tensor from the diffusers tensors it reads (formats/single_file.py's Source)."""
+    shape = source.shape([value.shape for value in reads])
+    if source.transform == layout.POSITIONS:
+        return torch.arange(shape[1]).view(shape)
+    if source.transform == layout.TRANSPOSE:
+        return reads[0].T
+    return (torch.cat(reads) if len(reads) > 1 else reads[0]).reshape(shape)
 
 
 def _load_weights(folder: Path) -> dict[str, torch.Tensor]:

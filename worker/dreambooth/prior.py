@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
 
 from .components import Components, frozen_on, release
 from .config import Progress, TrainConfig
@@ -102,18 +102,16 @@ def prepare_class_images(
     return uploaded + tuple(class_image_path(folder, i) for i in range(needed)), generated
 
 
-def generation_pipeline(parts: Components, device: torch.device) -> StableDiffusionPipeline:
-    """The base model with DPM-Solver++, in fp16 on a GPU (as the reference generates class images)."""
+def generation_pipeline(parts: Components, device: torch.device) -> DiffusionPipeline:
+    """The base model's family pipeline with DPM-Solver++, in fp16 on a GPU (as the reference generates class
+    images)."""
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    pipeline = StableDiffusionPipeline(
-        vae=frozen_on(parts.vae, device, dtype),
-        text_encoder=frozen_on(parts.text_encoder, device, dtype),
-        tokenizer=parts.tokenizer,
-        unet=frozen_on(parts.unet, device, dtype),
-        scheduler=DPMSolverMultistepScheduler.from_config(parts.noise_scheduler.config, algorithm_type="dpmsolver++"),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    pipeline = parts.family.pipeline(
+        parts.tokenizers,
+        tuple(frozen_on(model, device, dtype) for model in parts.text_encoders),
+        frozen_on(parts.vae, device, dtype),
+        frozen_on(parts.unet, device, dtype),
+        DPMSolverMultistepScheduler.from_config(parts.noise_scheduler.config, algorithm_type="dpmsolver++"),
     )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
@@ -123,7 +121,7 @@ def fill_class_images(
     folder: Path,
     spec: ClassImageSpec,
     count: int,
-    make_pipeline: Callable[[], StableDiffusionPipeline],
+    make_pipeline: Callable[[], DiffusionPipeline],
     batch_size: int,
     on_progress: Callable[[int, int], None] = lambda made, needed: None,
     should_stop: Callable[[], bool] = lambda: False,
@@ -162,7 +160,7 @@ def fill_class_images(
 
 
 @torch.no_grad()
-def _generate(pipeline: StableDiffusionPipeline, spec: ClassImageSpec, indices: Sequence[int]) -> list:
+def _generate(pipeline: DiffusionPipeline, spec: ClassImageSpec, indices: Sequence[int]) -> list:
     # note: one CPU generator per image, so an image depends on its index alone, not on its batch
     return pipeline(
         [spec.prompt] * len(indices),

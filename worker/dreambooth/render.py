@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextModel
+from diffusers import DiffusionPipeline, UNet2DConditionModel
 
 from formats.lora import LORA_FILES
 
 from .components import model_identity, resolve_base_model
+from .families import Family, family_of
 from .files import atomic_file
 from .schedulers import make_scheduler
 
@@ -65,7 +65,7 @@ class RenderedImage:
 class LoadedModel:
     """A trained pipeline kept in memory (on the CPU between renders), with its own sampler's config."""
 
-    pipeline: StableDiffusionPipeline
+    pipeline: DiffusionPipeline
     scheduler_config: dict  # the saved scheduler's config: every sampler starts from this noise schedule
     device: torch.device
 
@@ -85,27 +85,30 @@ def model_key(model: TrainedModel) -> tuple[str, ...]:
 def load_trained(model: TrainedModel) -> LoadedModel:
     """Load a trained pipeline without a safety checker, in fp16 when a GPU will run it; it stays on the CPU."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    options = {"safety_checker": None, "requires_safety_checker": False}
     if model.weights_format == "lora":
-        pipeline = StableDiffusionPipeline.from_pretrained(
-            resolve_base_model(model.base_model, model.models_dir), **options
-        )
+        location = resolve_base_model(model.base_model, model.models_dir)
+        family = family_of(location)
+        pipeline = family.pipeline_class.from_pretrained(location, **family.load_options())
         pipeline.load_lora_weights(str(model.weights_dir), weight_name=LORA_FILES["lora"])
     else:
+        family = family_of(str(model.pipeline_dir))
+        options = family.load_options()
         if model.weights_format == "diffusers":
-            options.update(_trained_components(model.weights_dir))
-        pipeline = StableDiffusionPipeline.from_pretrained(model.pipeline_dir, **options)
+            options.update(_trained_components(family, model.weights_dir))
+        pipeline = family.pipeline_class.from_pretrained(model.pipeline_dir, **options)
     if device.type == "cuda":
         pipeline.to(dtype=torch.float16)
     pipeline.set_progress_bar_config(disable=True)
     return LoadedModel(pipeline=pipeline, scheduler_config=dict(pipeline.scheduler.config), device=device)
 
 
-def _trained_components(weights_dir: Path) -> dict:
-    """The components a kept step's diffusers weights replace: the UNet, and the text encoder if it was trained."""
+def _trained_components(family: Family, weights_dir: Path) -> dict:
+    """The components a kept step's diffusers weights replace: the UNet, and the text encoders if they were
+    trained."""
     components = {"unet": UNet2DConditionModel.from_pretrained(weights_dir, subfolder="unet")}
-    if (weights_dir / "text_encoder").is_dir():
-        components["text_encoder"] = CLIPTextModel.from_pretrained(weights_dir, subfolder="text_encoder")
+    for cls, folder in zip(family.text_encoder_classes, family.info.text_encoders):
+        if (weights_dir / folder).is_dir():
+            components[folder] = cls.from_pretrained(weights_dir, subfolder=folder)
     return components
 
 

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 
 from .config import Sample
 from .files import atomic_file
@@ -14,15 +14,15 @@ from .schedulers import make_scheduler
 log = logging.getLogger(__name__)
 
 
-def load_pipeline(pipeline_dir: Path, device: str | None = None) -> StableDiffusionPipeline:
+def load_pipeline(pipeline_dir: Path, device: str | None = None) -> DiffusionPipeline:
     """Load a trained pipeline folder for sampling, on `device` (None = cuda if available)."""
-    pipeline = StableDiffusionPipeline.from_pretrained(pipeline_dir)
+    pipeline = DiffusionPipeline.from_pretrained(pipeline_dir)
     return pipeline.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 @torch.no_grad()
 def sample_images(
-    pipeline: StableDiffusionPipeline,
+    pipeline: DiffusionPipeline,
     prompts: Sequence[str],
     seeds: Sequence[int],
     num_inference_steps: int,

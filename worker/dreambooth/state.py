@@ -1,7 +1,7 @@
 """The full training state on disk, so a run can resume exactly where it saved.
 
 `<output_dir>/training-state/checkpoint-<step>/` holds the trained weights (`<name>.safetensors`:
-unet, text_encoder), `trainer.pt` (optimizer, lr scheduler, EMA, gradient scaler, random generators)
+unet, text_encoder, text_encoder_2), `trainer.pt` (optimizer, lr scheduler, EMA, gradient scaler, random generators)
 and `state.json` (the step and what the run trained). Each folder is written to a temporary name and
 renamed into place, so a crash mid-save leaves the previous state as the latest.
 """
@@ -85,14 +85,15 @@ def load_state(path: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]], di
 
 # What a saved state records of the run, so a resume can refuse a state of a different kind of run.
 RUN_KIND = ("base_model", "train_text_encoder", "use_ema", "training_method", "lora_rank")
+TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")  # the trained text encoders' files, in order
 
 
 def save_run(config: TrainConfig, run: Trainees, step: int, base_seed: int) -> Path:
     """Save the run at `step`: trained weights, optimizer, schedule, EMA, scaler and random generators."""
-    unet, text_encoder = run.unwrapped()
+    unet, text_encoders = run.unwrapped()
     weights = {"unet": _trained_state(unet, config)}
-    if text_encoder is not None:
-        weights["text_encoder"] = _trained_state(text_encoder, config)
+    for name, text_encoder in zip(TEXT_ENCODER_NAMES, text_encoders):
+        weights[name] = _trained_state(text_encoder, config)
     scaler = run.accelerator.scaler
     trainer = {
         "optimizer": run.optimizer.state_dict(),
@@ -126,10 +127,10 @@ def restore_run(saved: tuple, run: Trainees, config: TrainConfig) -> int:
     info, weights, trainer = saved
     # note: a LoRA state holds the adapters only; the base weights are the base model's
     strict = config.training_method != "lora"
-    unet, text_encoder = run.unwrapped()
+    unet, text_encoders = run.unwrapped()
     unet.load_state_dict(weights["unet"], strict=strict)
-    if text_encoder is not None:
-        text_encoder.load_state_dict(weights["text_encoder"], strict=strict)
+    for name, text_encoder in zip(TEXT_ENCODER_NAMES, text_encoders):
+        text_encoder.load_state_dict(weights[name], strict=strict)
     if info["optimizer"] == type(run.optimizer.optimizer).__name__:
         run.optimizer.load_state_dict(trainer["optimizer"])
     else:

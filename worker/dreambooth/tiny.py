@@ -1,6 +1,7 @@
-"""Built-in test models: Stable Diffusion 1.5's exact topology at tiny widths, random weights.
+"""Built-in test models: each family's exact topology at tiny widths (and at full widths for GPU
+benchmarks), random weights. SD 1.5's widths live here; SD 2.x's and SDXL's in their family modules.
 
-They need no network, train in seconds on a CPU, and exercise every code path the real model does.
+They need no network, train in seconds on a CPU, and exercise every code path the real models do.
 """
 
 import itertools
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 from transformers import (
     CLIPConfig,
     CLIPImageProcessor,
@@ -22,6 +23,8 @@ from transformers import (
     CLIPTextModel,
     CLIPTokenizer,
 )
+
+from formats.families import BUILTIN_MODELS
 
 from .files import atomic_dir
 from .saving import save_pipeline
@@ -78,25 +81,19 @@ SIZES = {
 }
 
 
-def make_model(out_dir: Path, size: str = "tiny") -> Path:
-    """Generate a deterministic StableDiffusionPipeline folder at `out_dir` (FileExistsError if taken)."""
-    widths = SIZES[size]
+def make_model(out_dir: Path, name: str = "tiny") -> Path:
+    """Generate the deterministic pipeline folder of builtin model `name` at `out_dir` (FileExistsError if taken)."""
+    from .families import family_named
+
+    if name not in BUILTIN_MODELS:
+        raise ValueError(f"unknown builtin model {name!r}; choose from {sorted(BUILTIN_MODELS)}")
+    family = family_named(BUILTIN_MODELS[name].family)
     with torch.random.fork_rng(devices=[]), atomic_dir(out_dir, replace=False) as tmp:
         torch.manual_seed(SEED)
         _write_vocab_files(tmp / "tokenizer")
-        tokenizer = CLIPTokenizer.from_pretrained(tmp / "tokenizer", model_max_length=MAX_LENGTH)
-        pipeline = StableDiffusionPipeline(
-            vae=_make_vae(widths),
-            text_encoder=_make_text_encoder(widths, tokenizer),
-            tokenizer=tokenizer,
-            unet=_make_unet(widths),
-            scheduler=_make_scheduler(),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        pipeline = family.builtin_pipeline(name, tmp / "tokenizer")
         save_pipeline(pipeline, tmp)
-    log.info("generated builtin %s model at %s", size, out_dir)
+    log.info("generated builtin %s model at %s", name, out_dir)
     return out_dir
 
 
@@ -157,17 +154,23 @@ def _make_unet(w: _Widths) -> UNet2DConditionModel:
 
 
 def _make_vae(w: _Widths) -> AutoencoderKL:
+    return make_vae(w.vae_channels, w.norm_groups, w.sample_size * 8, scaling_factor=0.18215)
+
+
+def make_vae(channels: tuple, norm_groups: int, sample_size: int, scaling_factor: float, **options) -> AutoencoderKL:
+    """Stable Diffusion's VAE (every family's) at these widths."""
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=w.vae_channels,
+        block_out_channels=channels,
         layers_per_block=2,
         latent_channels=4,
-        norm_num_groups=w.norm_groups,
-        sample_size=w.sample_size * 8,
-        scaling_factor=0.18215,
+        norm_num_groups=norm_groups,
+        sample_size=sample_size,
+        scaling_factor=scaling_factor,
+        **options,
     )
 
 

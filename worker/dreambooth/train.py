@@ -17,11 +17,12 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from diffusers.training_utils import set_seed
 
-from .components import ComponentCache, Components, frozen_on, load_components, release
+from .components import ComponentCache, Components, base_model_family, frozen_on, load_components, release
 from .config import MemoryPlan, Progress, TrainConfig, TrainResult
 from .data import LatentSource, PromptEmbeddings, batch_order, load_photo
 from .errors import TRAINING_OUT_OF_MEMORY, out_of_memory_as_error
 from .export import export_run
+from .families import Conditioning
 from .loss import dreambooth_loss, min_snr_weights, sample_noise, training_target
 from .memory import apply_memory_plan, plan_memory
 from .prior import prepare_class_images
@@ -77,7 +78,8 @@ def _train(config: TrainConfig, hooks: _Hooks, models: ComponentCache | None, on
     hooks.on_progress(Progress("preparing", 0, config.max_train_steps, None, None))
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     release(device)
-    plan = plan_memory(config, device.type, _gpu_memory(device))
+    family = base_model_family(config.base_model, config.models_dir, config.revision)
+    plan = plan_memory(config, device.type, _gpu_memory(device), family.info.name)
     config = apply_memory_plan(config, plan)
     log.info(plan.describe())
     on_memory_plan(plan)
@@ -144,9 +146,10 @@ def _train_steps(
 ) -> int:  # fmt: skip
     """Optimizer steps from `start` to max_train_steps, saving and validating along the way; the last step."""
     total = config.max_train_steps
+    trained = "unet" + "".join(f" + text encoder {i + 1}" for i in range(len(run.text_encoders)))
     log.info(
         "training steps %d-%d on %s (mixed precision %s, %s)", start + 1, total, run.accelerator.device,
-        run.accelerator.mixed_precision, "unet + text encoder" if run.text_encoder is not None else "unet",
+        run.accelerator.mixed_precision, trained,
     )  # fmt: skip
     started, step = time.monotonic(), start
     while step < total:
@@ -186,14 +189,14 @@ def _optimizer_step(config: TrainConfig, run: Trainees, data: "_TrainingData") -
 
 def _micro_step(config: TrainConfig, run: Trainees, data: "_TrainingData") -> torch.Tensor:
     """The denoising loss of one batch: noise the latents at random timesteps, predict, compare."""
-    latents, hidden_states, instances = data.next_batch(run)
+    latents, time_ids, conditioning, instances = data.next_batch(run)
     noise_scheduler = data.noise_scheduler
     noise = sample_noise(latents, config.offset_noise, run.noise_gen)
     timesteps = torch.randint(
         0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=run.noise_gen, device=latents.device
     )
     noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-    prediction = run.unet(noisy_latents, timesteps, hidden_states).sample
+    prediction = run.unet(noisy_latents, timesteps, **data.family.unet_kwargs(conditioning, time_ids)).sample
     target = training_target(noise_scheduler, latents, noise, timesteps)
     weights = min_snr_weights(noise_scheduler, timesteps[:instances], config.snr_gamma) if config.snr_gamma else None
     return dreambooth_loss(prediction, target, data.prior_weight, weights)
@@ -212,8 +215,9 @@ class _TrainingData:
         class_photos = [load_photo(p, config.resolution) for p in class_paths]
         self.classes = LatentSource(vae, class_photos, config.resolution, crop, flip) if class_paths else None
         prompts = [config.instance_prompt] + ([config.class_prompt] if class_paths else [])
-        text_encoder = run.text_encoder or frozen_on(parts.text_encoder, device, dtype)
-        self.embed = PromptEmbeddings(parts.tokenizer, text_encoder, prompts, trained=run.text_encoder is not None)
+        text_encoders = run.text_encoders or tuple(frozen_on(m, device, dtype) for m in parts.text_encoders)
+        self.family = parts.family
+        self.embed = PromptEmbeddings(parts.family, parts.tokenizers, text_encoders, prompts, bool(run.text_encoders))
         self.noise_scheduler = parts.noise_scheduler
         self.prior_weight = config.prior_loss_weight if class_paths else None
         count = max(len(self.photos), len(class_photos))
@@ -221,19 +225,20 @@ class _TrainingData:
             count, config.train_batch_size, config.gradient_accumulation_steps, run.order_gen, start
         )  # fmt: skip
         # note: frozen parts whose work is done leave the device (the latent sources keep the VAE if they need it)
-        del vae, text_encoder
+        del vae, text_encoders
         release(device)
 
-    def next_batch(self, run: Trainees) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(latents, prompt embeddings, how many of them are instance photos): the instances, then as many
-        class images."""
+    def next_batch(self, run: Trainees) -> tuple[torch.Tensor, torch.Tensor, Conditioning, int]:
+        """(latents, their time ids, the prompts' conditioning, how many are instance photos): the instances,
+        then as many class images."""
         indices = next(self.order)
-        latents = self.instances(indices % len(self.instances.photos), run.data_gen, run.noise_gen)
+        latents, time_ids = self.instances(indices % len(self.instances.photos), run.data_gen, run.noise_gen)
         classes = 0
         if self.classes:
-            class_part = self.classes(indices % len(self.classes.photos), run.data_gen, run.noise_gen)
-            latents, classes = torch.cat([latents, class_part]), len(indices)
-        return latents, self.embed(len(indices), classes), len(indices)
+            class_latents, class_ids = self.classes(indices % len(self.classes.photos), run.data_gen, run.noise_gen)
+            latents, time_ids = torch.cat([latents, class_latents]), torch.cat([time_ids, class_ids])
+            classes = len(indices)
+        return latents, time_ids, self.embed(len(indices), classes), len(indices)
 
 
 # ---------------------------------------------------------------------- setup

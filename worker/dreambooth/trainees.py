@@ -1,5 +1,5 @@
-"""What the loop updates: trainable copies of the UNet (and text encoder), their optimizer, schedule, EMA and
-the run's random generators, prepared by accelerate."""
+"""What the loop updates: trainable copies of the UNet (and the text encoders), their optimizer, schedule, EMA
+and the run's random generators, prepared by accelerate."""
 
 import contextlib
 import itertools
@@ -28,7 +28,7 @@ class Trainees:
     """What the loop updates, and everything a saved training state must hold to resume exactly."""
 
     unet: torch.nn.Module
-    text_encoder: torch.nn.Module | None  # only when train_text_encoder
+    text_encoders: tuple[torch.nn.Module, ...]  # every text encoder of the family when train_text_encoder, else ()
     ema: EMAModel | None
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -39,47 +39,45 @@ class Trainees:
 
     @property
     def models(self) -> list[torch.nn.Module]:
-        return [self.unet] + ([self.text_encoder] if self.text_encoder is not None else [])
+        return [self.unet, *self.text_encoders]
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """The trained parameters (for LoRA runs: the adapters')."""
         return [p for p in itertools.chain.from_iterable(m.parameters() for m in self.models) if p.requires_grad]
 
-    def unwrapped(self) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-        """The UNet and text encoder without accelerate's wrappers."""
+    def unwrapped(self) -> tuple[torch.nn.Module, tuple[torch.nn.Module, ...]]:
+        """The UNet and the trained text encoders without accelerate's wrappers."""
         unwrap = self.accelerator.unwrap_model
-        return unwrap(self.unet), unwrap(self.text_encoder) if self.text_encoder is not None else None
+        return unwrap(self.unet), tuple(unwrap(model) for model in self.text_encoders)
 
-    def finish(self) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    def finish(self) -> tuple[torch.nn.Module, tuple[torch.nn.Module, ...]]:
         """The trained models to save (EMA weights applied, eval mode); the run drops everything else it held."""
-        unet, text_encoder = self.unwrapped()
+        unet, text_encoders = self.unwrapped()
         if self.ema is not None:
             self.ema.copy_to(unet.parameters())
-        for model in (unet, text_encoder):
-            if model is not None:
-                model.eval()
+        for model in (unet, *text_encoders):
+            model.eval()
         # note: accelerate keeps references to what it prepared; without them the optimizer state can be freed
         self.accelerator.free_memory()
-        self.unet = self.text_encoder = self.ema = self.optimizer = self.lr_scheduler = None
-        return unet, text_encoder
+        self.unet = self.ema = self.optimizer = self.lr_scheduler = None
+        self.text_encoders = ()
+        return unet, text_encoders
 
     @contextlib.contextmanager
-    def evaluated(self) -> Iterator[tuple[torch.nn.Module, torch.nn.Module | None]]:
+    def evaluated(self) -> Iterator[tuple[torch.nn.Module, tuple[torch.nn.Module, ...]]]:
         """The unwrapped models in eval mode, holding the EMA weights when there are any; training resumes after."""
-        unet, text_encoder = self.unwrapped()
+        unet, text_encoders = self.unwrapped()
         if self.ema is not None:
             # note: samples and kept weights show the averaged weights, as the export will
             self.ema.store(unet.parameters())
             self.ema.copy_to(unet.parameters())
-        for model in (unet, text_encoder):
-            if model is not None:
-                model.eval()
+        for model in (unet, *text_encoders):
+            model.eval()
         try:
-            yield unet, text_encoder
+            yield unet, text_encoders
         finally:
-            for model in (unet, text_encoder):
-                if model is not None:
-                    model.train()
+            for model in (unet, *text_encoders):
+                model.train()
             if self.ema is not None:
                 self.ema.restore(unet.parameters())
 
@@ -95,19 +93,20 @@ def make_trainees(
     """Trainable copies, optimizer, schedule, EMA and generators, prepared by accelerate."""
     device = accelerator.device
     unet = trainable_copy(parts.unet, shared).to(device)
-    text_encoder = trainable_copy(parts.text_encoder, shared).to(device) if config.train_text_encoder else None
+    text_encoders = tuple(
+        trainable_copy(model, shared).to(device) for model in (parts.text_encoders if config.train_text_encoder else ())
+    )
     if config.training_method == "lora":
         # note: the base weights stay frozen in the training precision; only the small fp32 adapters get
         # gradients and optimizer state, which is where LoRA's memory saving comes from
-        for model in (unet, text_encoder):
-            if model is not None:
-                model.to(dtype=weight_dtype(accelerator))
-        add_adapters(unet, text_encoder, lora_settings(config))
-    _save_memory(config, unet, text_encoder)
+        for model in (unet, *text_encoders):
+            model.to(dtype=weight_dtype(accelerator))
+        add_adapters(unet, text_encoders, lora_settings(config))
+    _save_memory(config, unet, text_encoders)
     ema = None
     if config.use_ema:
         ema = EMAModel(unet.parameters(), model_cls=UNet2DConditionModel, model_config=unet.config, foreach=True)
-    optimizer = _make_optimizer(_parameter_groups(config, unet, text_encoder, accelerator), config, device)
+    optimizer = _make_optimizer(_parameter_groups(config, unet, text_encoders, accelerator), config, device)
     # note: a prepared scheduler steps once per process, hence the num_processes factors (as the reference)
     lr_scheduler = get_scheduler(
         config.lr_scheduler,
@@ -117,11 +116,10 @@ def make_trainees(
         num_cycles=config.lr_num_cycles,
         power=config.lr_power,
     )
-    models = [unet] + ([text_encoder] if text_encoder is not None else [])
-    *models, optimizer, lr_scheduler = accelerator.prepare(*models, optimizer, lr_scheduler)
+    *models, optimizer, lr_scheduler = accelerator.prepare(unet, *text_encoders, optimizer, lr_scheduler)
     return Trainees(
         unet=models[0],
-        text_encoder=models[1] if text_encoder is not None else None,
+        text_encoders=tuple(models[1:]),
         ema=ema,
         optimizer=optimizer,
         lr_scheduler=lr_scheduler,
@@ -132,10 +130,10 @@ def make_trainees(
     )
 
 
-def _save_memory(config: TrainConfig, unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> None:
+def _save_memory(config: TrainConfig, unet: torch.nn.Module, text_encoders: tuple) -> None:
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-        if text_encoder is not None:
+        for text_encoder in text_encoders:
             # note: transformers 5.2x renamed gradient_checkpointing_enable (kept as a deprecated alias), which
             # is all that the 4.x and early 5.x releases in pyproject's range have
             enable = getattr(
@@ -149,13 +147,13 @@ def _save_memory(config: TrainConfig, unet: torch.nn.Module, text_encoder: torch
             log.warning("xformers is not installed; using PyTorch's scaled-dot-product attention")
 
 
-def _parameter_groups(config: TrainConfig, unet, text_encoder, accelerator: Accelerator) -> list[dict]:
-    """The UNet's trained parameters at learning_rate, the text encoder's at text_encoder_lr."""
+def _parameter_groups(config: TrainConfig, unet, text_encoders: tuple, accelerator: Accelerator) -> list[dict]:
+    """The UNet's trained parameters at learning_rate, the text encoders' at text_encoder_lr."""
     scale = config.gradient_accumulation_steps * config.train_batch_size * accelerator.num_processes
     factor = scale if config.scale_lr else 1
     groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": config.learning_rate * factor}]
-    if text_encoder is not None:
-        text_lr = (config.text_encoder_lr or config.learning_rate) * factor
+    text_lr = (config.text_encoder_lr or config.learning_rate) * factor
+    for text_encoder in text_encoders:
         groups.append({"params": [p for p in text_encoder.parameters() if p.requires_grad], "lr": text_lr})
     return groups
 

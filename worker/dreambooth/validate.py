@@ -60,10 +60,10 @@ class Validator:
     def __call__(self, step: int, run: Trainees) -> None:
         config = self.config
         self.on_progress(Progress("sampling", step, config.max_train_steps, None, None))
-        with run.evaluated() as (unet, text_encoder):
-            samples = self._sample(step, unet, text_encoder)
+        with run.evaluated() as (unet, text_encoders):
+            samples = self._sample(step, unet, text_encoders)
             final = step == config.max_train_steps
-            weights_dir = self._keep(step, unet, text_encoder) if config.keep_step_weights and not final else None
+            weights_dir = self._keep(step, unet, text_encoders) if config.keep_step_weights and not final else None
         release(self.accelerator.device)
         self.samples += samples
         self.evaluator.score(step, samples, self.contexts)
@@ -82,33 +82,29 @@ class Validator:
             )
         )
 
-    def _sample(self, step: int, unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> list[Sample]:
+    def _sample(self, step: int, unet: torch.nn.Module, text_encoders: tuple) -> list[Sample]:
         config, accelerator, parts = self.config, self.accelerator, self.parts
         device, dtype = accelerator.device, _weight_dtype(accelerator)
-        pipeline = pipeline_for(
-            parts,
-            unet,
-            vae=frozen_on(parts.vae, device, dtype),
-            text_encoder=text_encoder or frozen_on(parts.text_encoder, device, dtype),
-        )
+        text_encoders = text_encoders or tuple(frozen_on(m, device, dtype) for m in parts.text_encoders)
+        pipeline = pipeline_for(parts, unet, frozen_on(parts.vae, device, dtype), text_encoders)
         with accelerator.autocast():
             return sample_images(
                 pipeline, self.prompts, self.seeds, config.validation_inference_steps, config.guidance_scale,
                 config.resolution, config.output_dir / SAMPLES_DIR, step, scheduler=config.validation_scheduler,
             )  # fmt: skip
 
-    def _keep(self, step: int, unet: torch.nn.Module, text_encoder: torch.nn.Module | None) -> Path:
+    def _keep(self, step: int, unet: torch.nn.Module, text_encoders: tuple) -> Path:
         """Save what training changed at this step: the LoRA files, or the trained models laid out like the
         pipeline folder."""
         path = step_dir(self.config.output_dir, step)
         with atomic_dir(path) as tmp:
             if self.config.training_method == "lora":
-                metadata = checkpoint_metadata(self.config, step)
-                save_lora(tmp, unet, text_encoder, lora_settings(self.config), metadata)
+                metadata = checkpoint_metadata(self.config, step, self.parts.family.info.name)
+                save_lora(tmp, unet, text_encoders, lora_settings(self.config), self.parts.family, metadata)
             else:
                 save_model(unet, tmp / "unet")
-                if text_encoder is not None:
-                    save_model(text_encoder, tmp / "text_encoder")
+                for folder, text_encoder in zip(self.parts.family.info.text_encoders, text_encoders):
+                    save_model(text_encoder, tmp / folder)
         return path
 
 

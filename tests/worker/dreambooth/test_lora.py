@@ -9,6 +9,7 @@ from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from worker.dreambooth.families import family_named
 from worker.dreambooth.lora import (
     KOHYA_FILE,
     LORA_FILE,
@@ -25,6 +26,7 @@ from worker.dreambooth.lora import (
 SETTINGS = LoraSettings(rank=4, alpha=8)
 METADATA = {"instance_prompt": "a photo of sks toy", "step": "3"}
 PROMPTS = ["a photo of sks toy", "a toy on the beach"]
+SD1 = family_named("sd1")
 
 
 @dataclass
@@ -78,11 +80,11 @@ def trained(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Train
     """UNet and text encoder adapters trained a few steps, and saved."""
     pipeline = base_pipeline(tiny_model)
     unet, text_encoder = pipeline.unet, pipeline.text_encoder
-    add_adapters(unet, text_encoder, SETTINGS)
+    add_adapters(unet, (text_encoder,), SETTINGS)
     before = {"unet": weights(unet), "text_encoder": weights(text_encoder)}
     train_steps(unet.train(), text_encoder.train(), fixed_inputs(pipeline))
     folder = tmp_path_factory.mktemp("lora")
-    save_lora(folder, unet.eval(), text_encoder.eval(), SETTINGS, METADATA)
+    save_lora(folder, unet.eval(), (text_encoder.eval(),), SETTINGS, SD1, METADATA)
     return Trained(unet, text_encoder, before, folder)
 
 
@@ -93,7 +95,7 @@ def test_adapters_freeze_the_base_and_train_in_fp32(tiny_model: Path):
     projections = {
         model: {name for name, _ in model.named_modules() if name.endswith(ends)} for model, ends in targets.items()
     }
-    add_adapters(unet, text_encoder, SETTINGS)
+    add_adapters(unet, (text_encoder,), SETTINGS)
     for model in (unet, text_encoder):
         trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         assert trainable and all(".lora_" in name for name, _ in trainable)
@@ -139,11 +141,11 @@ def test_loading_again_replaces_the_earlier_lora(trained: Trained, tiny_model: P
 def test_unet_only_lora_round_trips(tiny_model: Path, tmp_path: Path):
     pipeline = base_pipeline(tiny_model)
     unet = pipeline.unet
-    add_adapters(unet, None, LoraSettings())
+    add_adapters(unet, (), LoraSettings())
     with torch.no_grad():
         for parameter in lora_parameters(unet):
             parameter.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
-    save_lora(tmp_path, unet, None, LoraSettings())
+    save_lora(tmp_path, unet, (), LoraSettings(), SD1)
     assert all(key.startswith("unet.") for key in load_file(tmp_path / LORA_FILE))
     assert all(key.startswith("lora_unet_") for key in load_file(tmp_path / KOHYA_FILE))
     fresh = base_pipeline(tiny_model)
@@ -186,7 +188,7 @@ def test_fuse_gives_the_adapter_model_as_plain_models_and_leaves_the_adapters(tr
     pipeline = base_pipeline(tiny_model)
     inputs = fixed_inputs(pipeline)
     expected = unet_output(trained.unet, trained.text_encoder, inputs)
-    unet, text_encoder = fuse(trained.unet, trained.text_encoder)
+    unet, (text_encoder,) = fuse(trained.unet, (trained.text_encoder,))
     torch.testing.assert_close(unet_output(unet, text_encoder, inputs), expected)
     assert unet.state_dict().keys() == pipeline.unet.state_dict().keys()
     assert text_encoder.state_dict().keys() == pipeline.text_encoder.state_dict().keys()
@@ -197,7 +199,7 @@ def test_fuse_gives_the_adapter_model_as_plain_models_and_leaves_the_adapters(tr
 
 
 def test_state_dicts_see_through_compiled_models(trained: Trained):
-    unet_layers, text_layers = lora_state_dicts(trained.unet, trained.text_encoder)
-    compiled = lora_state_dicts(torch.compile(trained.unet), torch.compile(trained.text_encoder))
-    assert compiled[0].keys() == unet_layers.keys() and compiled[1].keys() == text_layers.keys()
+    unet_layers, (text_layers,) = lora_state_dicts(trained.unet, (trained.text_encoder,))
+    compiled = lora_state_dicts(torch.compile(trained.unet), (torch.compile(trained.text_encoder),))
+    assert compiled[0].keys() == unet_layers.keys() and compiled[1][0].keys() == text_layers.keys()
     assert all(".lora" in key and "_orig_mod" not in key for key in unet_layers.keys() | text_layers.keys())

@@ -51,3 +51,27 @@ def test_what_the_user_asked_for_is_kept(make_config, tmp_path: Path, asked: dic
     plan = plan_memory(config, "cuda", 16 * GIB)
     assert not set(asked) & set(dict(plan.changes))
     assert all(getattr(apply_memory_plan(config, plan), k) == v for k, v in asked.items())
+
+
+def test_sdxl_full_fine_tuning_is_refused_below_its_floor_naming_lora(make_config, tmp_path: Path):
+    from worker.dreambooth.errors import JobError
+
+    config = make_config(tmp_path, base_model="builtin:tiny-sdxl")
+    with pytest.raises(JobError, match="training_method lora") as refused:
+        plan_memory(config, "cuda", int(23.6 * GIB), family="sdxl")
+    assert refused.value.code == "out_of_memory"
+    plan = plan_memory(config, "cuda", int(39.5 * GIB), family="sdxl")
+    assert plan.profile == "sdxl-40gb" and dict(plan.changes)["use_8bit_adam"] is True
+    assert dict(plan.changes)["gradient_checkpointing"] is True
+    assert plan_memory(config, "cuda", int(79.1 * GIB), family="sdxl").profile == "sdxl-80gb"
+
+
+def test_sdxl_lora_fits_consumer_gpus_with_its_own_tiers(make_config, tmp_path: Path):
+    config = make_config(tmp_path, base_model="builtin:tiny-sdxl", training_method="lora", train_batch_size=2)
+    assert plan_memory(config, "cuda", int(23.6 * GIB), family="sdxl").as_dict()["changes"] == {
+        "mixed_precision": "fp16"
+    }
+    plan = plan_memory(config, "cuda", int(15.7 * GIB), family="sdxl")
+    assert plan.profile == "sdxl-lora-16gb" and dict(plan.changes)["gradient_checkpointing"] is True
+    small = dict(plan_memory(config, "cuda", int(11.7 * GIB), family="sdxl").changes)
+    assert (small["train_batch_size"], small["gradient_accumulation_steps"]) == (1, 2)
