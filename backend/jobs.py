@@ -41,8 +41,10 @@ def create_job(
     photos: list[IngestedPhoto],
     class_photos: list[IngestedPhoto] = (),
     idempotency_key: str | None = None,
+    family: str | None = None,
 ) -> Job:
-    """Store the photos under generated names and insert the job, all or nothing.
+    """Store the photos under generated names and insert the job, all or nothing. `family` is the base model's
+    (backend/base_models.py), None when it could not be told.
 
     With an idempotency key the owner already used, that job is returned and nothing is stored.
     The owner's row is locked meanwhile, so their quotas hold under concurrent requests.
@@ -61,6 +63,7 @@ def create_job(
         status=JobStatus.queued,
         total_steps=settings["max_train_steps"],
         idempotency_key=idempotency_key,
+        family=family,
         created_at=now,
         enqueued_at=now,
     )

@@ -147,6 +147,9 @@ class Job(LeasedWork, Base):
     # The memory savers memory_profile chose for the latest attempt (worker/dreambooth/memory.py):
     # {"profile", "gpu_memory_gib", "changes": {setting: value}}; None until an attempt starts.
     memory_plan: Mapped[dict[str, Any] | None]
+    # The base model's family when the job was made ("sd1", "sd2", "sdxl"; backend/base_models.py); None when
+    # the API could not tell (a Hub model not in its cache yet).
+    family: Mapped[str | None] = mapped_column(String(20))
 
     photos: Mapped[list["Photo"]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True, order_by="Photo.position"

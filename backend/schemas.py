@@ -88,6 +88,7 @@ class JobOut(BaseModel):
     kept_steps: list[int] = []  # steps whose weights can be downloaded (?step=N) and generated from
     evaluation: Evaluation | None = None  # per-step scores and the recommended step, once scored
     memory_plan: MemoryPlanOut | None = None  # the memory savers the worker chose, once training starts
+    family: str | None = None  # the base model's family at creation ("sd1", "sd2", "sdxl"); None: unknown then
 
 
 class JobList(BaseModel):
@@ -101,15 +102,29 @@ class PresetOut(BaseModel):
     name: str
     title: str
     summary: str
+    families: list[str]  # the model families it fits
+    reason: str  # one line: why it fits them, and where its values come from
     values: dict[str, Any]
+
+
+class BaseModelOut(BaseModel):
+    """A base model the server offers, as far as the API can tell without loading it."""
+
+    name: str
+    family: str | None  # "sd1", "sd2", "sdxl"; None while unknown (a Hub model not downloaded yet)
+    family_title: str | None
+    resolution: int | None  # the side it draws at, the default resolution of its jobs; None while unknown
+    presets: list[str]  # the presets that fit it, its default first (every preset while the family is unknown)
 
 
 class InfoOut(BaseModel):
     version: str
     demo_mode: bool
     gpu_present: bool
-    base_models: list[str]
+    base_models: list[str]  # the names of `models`, for older clients
     default_base_model: str
+    models: list[BaseModelOut]  # the same models with their families, the default first
+    gpu_memory_gib: float | None  # the workers' GPU memory (GPU_MEMORY_GIB); None: not told
     limits: dict[str, int]
 
 

@@ -3,10 +3,12 @@
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TINY_MODEL = "builtin:tiny"
+# The other families' tiny built-in models, offered in demo mode so a machine without a GPU can try each family.
+DEMO_FAMILY_MODELS = ("builtin:tiny-sd2", "builtin:tiny-sdxl")
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINY_SCORER = "builtin:tiny-clip"
 DEFAULT_SCORER = "openai/clip-vit-large-patch14"
@@ -30,8 +32,11 @@ class Settings(BaseSettings):
     # Demo mode trains the built-in tiny model, for machines without a GPU. None = decide by GPU.
     demo_mode: bool | None = None
     base_model: str = ""
-    # Base models users may pick, besides base_model itself (comma separated).
+    # Base models users may pick, besides base_model itself (comma separated); families may be mixed.
     extra_base_models: str = ""
+    # The workers' GPU memory in GiB. When set, a job whose training method cannot fit in it at all (SDXL full
+    # fine-tuning, say) is refused at creation; None: the workers' memory planner decides alone.
+    gpu_memory_gib: float | None = Field(None, gt=0)
     # The model that scores validation samples to recommend a step: a CLIP (or DINO) Hub id or folder,
     # "none" to not score. Empty: CLIP ViT-L/14, or the built-in tiny CLIP in demo mode.
     scorer_model: str = ""
@@ -95,8 +100,9 @@ class Settings(BaseSettings):
 
     @property
     def allowed_base_models(self) -> list[str]:
-        """Base models a job may name, the default first."""
-        names = [self.base_model, *self.extra_base_models.split(","), TINY_MODEL]
+        """Base models a job may name, the default first; always builtin:tiny, and in demo mode every family's."""
+        demo = DEMO_FAMILY_MODELS if self.demo_mode else ()
+        names = [self.base_model, *self.extra_base_models.split(","), TINY_MODEL, *demo]
         return list(dict.fromkeys(name.strip() for name in names if name.strip()))
 
     @property

@@ -30,11 +30,14 @@ def default_text(setting: SettingOut) -> str:
 
 
 def preset_text(setting: SettingOut) -> str:
-    """What presets set other than the default, e.g. 'face preset: 1200'; '' when none does."""
+    """What presets set other than the default, presets that agree named together, e.g.
+    'face preset: 1200, sdxl_object/sdxl_face presets: 500'; '' when none does."""
+    by_value: dict[str, list[str]] = {}
+    for preset in PRESETS.values():
+        if preset.values.get(setting.name, setting.default) != setting.default:
+            by_value.setdefault(value_text(preset.values[setting.name]), []).append(preset.name)
     return ", ".join(
-        f"{preset.name} preset: {value_text(preset.values[setting.name])}"
-        for preset in PRESETS.values()
-        if preset.values.get(setting.name, setting.default) != setting.default
+        f"{'/'.join(names)} preset{'s' if len(names) > 1 else ''}: {value}" for value, names in by_value.items()
     )
 
 

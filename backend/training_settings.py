@@ -2,7 +2,10 @@
 one-line help and place on the page. The API validates with it, the page and the command line read it
 (`GET /api/training-settings`, `describe_settings`), and the README's table is generated from it.
 
-Names follow diffusers' train_dreambooth.py. A preset fills every field the request leaves out.
+Names follow diffusers' train_dreambooth.py. A preset fills every field the request leaves out. Validated with
+the base model's facts as context (`TrainingSettings.model_validate(data, context=model_context(...))`), a
+preset must fit the model's family, a left-out preset is the family's default, and a left-out resolution the
+model's own; without that context (the model unknown) the object preset and 512 px are the defaults.
 """
 
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -20,14 +23,17 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from backend.presets import PRESETS
+from backend.presets import PRESETS, default_preset, misfit_message
 
 Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 # Samplers a user may pick for samples and generations (worker/dreambooth/schedulers.py builds them).
 Scheduler = Literal["ddim", "pndm", "lms", "euler", "euler_a", "dpmpp_2m"]
+# note: built from the presets' table, so a preset added there is a valid name at once
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 LrScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
 
 # The page's groups, in the order it shows them; "Subject" holds what the new-job form asks for first.
+MIN_RESOLUTION, MAX_RESOLUTION = 64, 1024
 GROUPS = ("Subject", "Training", "LoRA", "Photos", "Memory", "Prior preservation", "Samples", "Optimizer", "State")
 
 
@@ -52,9 +58,11 @@ class TrainingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # ---------------------------------------------------------------- subject
-    preset: Literal["object", "face", "custom"] = setting(
-        "object", group="Subject", help="Starting values from the study: object, face, or custom (your own)"
-    )
+    preset: PresetName = setting(
+        "object", group="Subject",
+        help="Starting values: object or face (SD 1.x and 2.x, from the study), sdxl_object or sdxl_face (SDXL, "
+        "LoRA), or custom (your own); left out: the base model's first",
+    )  # fmt: skip
     instance_prompt: Prompt = setting(
         group="Subject", help="Names the subject, e.g. 'a photo of rufus dog'; a natural word works, not only 'sks'"
     )
@@ -72,7 +80,7 @@ class TrainingSettings(BaseModel):
     )  # fmt: skip
     learning_rate: float = setting(
         2e-6, group="Training", gt=0, le=1e-3,
-        help="Lower won in every case of the study: 2e-6 for objects, 1e-6 for faces",
+        help="Lower won in every case of the study: 2e-6 for objects, 1e-6 for faces; LoRA takes about 1e-4",
     )  # fmt: skip
     lr_scheduler: LrScheduler = setting("constant", group="Training", help="How the learning rate changes over the run")
     lr_warmup_steps: int = setting(
@@ -101,8 +109,10 @@ class TrainingSettings(BaseModel):
 
     # ---------------------------------------------------------------- photos
     resolution: int = setting(
-        512, group="Photos", ge=64, le=1024, multiple_of=64, help="Square training size in pixels, a multiple of 64"
-    )
+        512, group="Photos", ge=MIN_RESOLUTION, le=MAX_RESOLUTION, multiple_of=64,
+        help="Square training size in pixels, a multiple of 64; left out: the base model's own "
+        "(SD 1.5: 512, SDXL: 1024)",
+    )  # fmt: skip
     center_crop: bool = setting(False, group="Photos", help="Crop the centre of each photo instead of a random square")
     random_flip: bool = setting(False, group="Photos", help="Mirror photos at random, for more variety")
 
@@ -209,10 +219,24 @@ class TrainingSettings(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _apply_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("preset", "object") in PRESETS:
-            return {**PRESETS[data.get("preset", "object")].values, **data}
-        return data
+    def _apply_preset(cls, data: Any, info: ValidationInfo) -> Any:
+        """Fill what the request leaves out: first from the preset, then from the base model's facts."""
+        if not isinstance(data, dict):
+            return data
+        context = info.context or {}
+        data = {"preset": default_preset(context.get("family")), **data}
+        resolution = context.get("resolution")
+        model_defaults = {"resolution": _fitting_resolution(resolution)} if resolution else {}
+        preset = PRESETS.get(data["preset"]) if isinstance(data["preset"], str) else None
+        return {**model_defaults, **(preset.values if preset else {}), **data}
+
+    @field_validator("preset")
+    @classmethod
+    def _preset_fits_the_model(cls, value: str, info: ValidationInfo) -> str:
+        context = info.context or {}
+        if context.get("family") and (problem := misfit_message(value, context["family"], context["base_model"])):
+            raise ValueError(problem)
+        return value
 
     @field_validator("resolution")
     @classmethod
@@ -235,6 +259,16 @@ class TrainingSettings(BaseModel):
         if info.data.get("with_prior_preservation") and not value:
             raise ValueError("required when with_prior_preservation is on")
         return value
+
+
+def model_context(base_model: str, family: str | None, resolution: int | None) -> dict:
+    """The validation context of a job on `base_model`, of this family and default resolution (None: unknown)."""
+    return {"base_model": base_model, "family": family, "resolution": resolution}
+
+
+def _fitting_resolution(resolution: int) -> int:
+    """A model's own resolution as a valid setting: a multiple of 64 within the allowed range."""
+    return max(MIN_RESOLUTION, min(MAX_RESOLUTION, resolution // 64 * 64))
 
 
 # ---------------------------------------------------------------------- describing the settings

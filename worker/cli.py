@@ -15,9 +15,11 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from backend import client
+from backend.base_models import model_facts
 from backend.settings import get_settings
 from backend.settings_text import default_text, preset_text, range_text
-from backend.training_settings import SettingOut, TrainingSettings, describe_settings
+from backend.training_settings import SettingOut, TrainingSettings, describe_settings, model_context
+from formats.families import BUILTIN_MODELS
 from formats.lora import LORA_FORMATS
 
 TRAIN_DESCRIPTION = (
@@ -130,7 +132,7 @@ def serve(_args: argparse.Namespace) -> None:
 def make_model(args: argparse.Namespace) -> None:
     from worker.dreambooth.tiny import make_model as make
 
-    print(make(Path(args.dir), size=args.size))
+    print(make(Path(args.dir), args.model))
 
 
 def train(args: argparse.Namespace) -> None:
@@ -167,12 +169,17 @@ def train(args: argparse.Namespace) -> None:
 def _validated_settings(args: argparse.Namespace) -> dict:
     """The settings given as flags, validated as a server job's (preset and defaults filled in); a bad value
     ends the command with one line naming its flag and exit code 2."""
+    flags = client.settings_from_flags(args)
+    base_model = flags.get("base_model") or get_settings().base_model
+    # note: as on the server, the base model's family picks the presets that fit and the resolution default
+    facts = model_facts(base_model)
+    context = model_context(base_model, facts.family_name, facts.resolution)
     try:
-        settings = TrainingSettings.model_validate(client.settings_from_flags(args)).model_dump(mode="json")
+        settings = TrainingSettings.model_validate({**flags, "base_model": base_model}, context=context)
     except ValidationError as exc:
         error = exc.errors()[0]
         _fail(f"{flag_name(str(error['loc'][0]))}: {error['msg'].removeprefix('Value error, ')}")
-    return settings | {"base_model": settings["base_model"] or get_settings().base_model}
+    return settings.model_dump(mode="json")
 
 
 def _photos_in(folder: str, flag: str) -> tuple[Path, ...]:
@@ -286,7 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     command = commands.add_parser("make-model", help="generate a built-in test model in diffusers format")
     command.add_argument("dir")
-    command.add_argument("--size", choices=["tiny", "small"], default="tiny")
+    # note: --size is the old name of --model, from when every built-in model was SD 1.x
+    command.add_argument(
+        "--model", "--size", choices=list(BUILTIN_MODELS), default="tiny", metavar="NAME",
+        help="the built-in model: " + ", ".join(f"{name} ({model.family})" for name, model in BUILTIN_MODELS.items()),
+    )  # fmt: skip
     command.set_defaults(run=make_model)
 
     command = commands.add_parser(

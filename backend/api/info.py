@@ -1,4 +1,5 @@
-"""Server facts for clients: the training settings and presets, base models offered, GPU and demo mode, limits."""
+"""Server facts for clients: the training settings and presets, base models offered with their families, GPU and
+demo mode, limits."""
 
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
@@ -6,8 +7,9 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import APIRouter, Depends
 
 from backend.auth import get_current_user
-from backend.presets import PRESETS
-from backend.schemas import InfoOut, PresetOut
+from backend.base_models import model_facts
+from backend.presets import PRESETS, presets_for
+from backend.schemas import BaseModelOut, InfoOut, PresetOut
 from backend.settings import get_settings, gpu_present
 from backend.training_settings import SettingsOut, describe_settings
 
@@ -16,7 +18,8 @@ router = APIRouter(prefix="/api", tags=["info"], dependencies=[Depends(get_curre
 
 @router.get("/presets")
 def list_presets() -> list[PresetOut]:
-    """Starting points from the Dreambooth study: object, face, custom."""
+    """Every preset, with the model families it fits and where its values come from (`/api/info` says which fit
+    each base model)."""
     return [PresetOut(**asdict(preset)) for preset in PRESETS.values()]
 
 
@@ -35,12 +38,25 @@ def server_info() -> InfoOut:
         gpu_present=gpu_present(),
         base_models=settings.allowed_base_models,
         default_base_model=settings.base_model,
+        models=[_base_model_out(name) for name in settings.allowed_base_models],
+        gpu_memory_gib=settings.gpu_memory_gib,
         limits={
             "max_photos": settings.max_photos,
             "max_class_photos": settings.max_class_photos,
             "max_photo_bytes": settings.max_photo_bytes,
             "max_photo_pixels": settings.max_photo_pixels,
         },
+    )
+
+
+def _base_model_out(name: str) -> BaseModelOut:
+    facts = model_facts(name)
+    return BaseModelOut(
+        name=name,
+        family=facts.family_name,
+        family_title=facts.family.title if facts.family else None,
+        resolution=facts.resolution,
+        presets=[preset.name for preset in presets_for(facts.family_name)],
     )
 
 

@@ -1,28 +1,57 @@
 """The create-job form: its settings JSON and uploaded photos, all checked before anything is stored."""
 
+import json
+
 from fastapi import UploadFile
 from pydantic import ValidationError
 
+from backend.base_models import ModelFacts, memory_refusal, model_facts
 from backend.errors import InvalidInput, invalid_field
 from backend.images import IngestedPhoto, ingest_photo
 from backend.settings import get_settings
-from backend.training_settings import TrainingSettings
+from backend.training_settings import TrainingSettings, model_context
 
 
-def parse_training_settings(raw: str) -> dict:
-    """The `settings` form field as stored on the job: validated, preset applied, base model filled in."""
+def parse_training_settings(raw: str) -> tuple[dict, ModelFacts]:
+    """The `settings` form field as stored on the job (validated, base model and preset filled in, the
+    defaults fitted to the base model), and the base model's facts."""
+    data = _json_object(raw)
+    base_model = _offered_base_model(data.get("base_model"))
+    facts = model_facts(base_model)
     try:
-        training = TrainingSettings.model_validate_json(raw)
+        training = TrainingSettings.model_validate(
+            {**data, "base_model": base_model}, context=model_context(base_model, facts.family_name, facts.resolution)
+        )
     except ValidationError as exc:
         error = exc.errors()[0]
         raise invalid_field(("settings", *error["loc"]), error["msg"]) from None
+    if refusal := memory_refusal(facts, training.training_method, get_settings().gpu_memory_gib):
+        raise InvalidInput(f"settings.training_method: {refusal}", "settings.training_method")
+    return training.model_dump(mode="json"), facts
+
+
+def _json_object(raw: str) -> dict:
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"settings: not valid JSON ({exc})", "settings") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("settings: must be a JSON object of training settings", "settings")
+    return data
+
+
+def _offered_base_model(requested) -> str:
+    """The base model a job asks for, or the server's default; one the server does not offer is refused.
+
+    note: a value that is not a string is passed on, so that validation names its type.
+    """
     settings = get_settings()
-    if training.base_model is None:
-        training.base_model = settings.base_model
-    elif training.base_model not in settings.allowed_base_models:
+    if requested is None:
+        return settings.base_model
+    if isinstance(requested, str) and requested not in settings.allowed_base_models:
         offered = ", ".join(settings.allowed_base_models)
         raise InvalidInput(f"settings.base_model: this server offers {offered}", "settings.base_model")
-    return training.model_dump(mode="json")
+    return requested
 
 
 def ingest_uploads(uploads: list[UploadFile], field: str, limit: int) -> list[IngestedPhoto]:

@@ -25,6 +25,7 @@ def job_out(job: Job) -> JobOut:
         kept_steps=kept_steps(job),
         evaluation=Evaluation.model_validate(job.evaluation) if job.evaluation else None,
         memory_plan=MemoryPlanOut.model_validate(job.memory_plan) if job.memory_plan else None,
+        family=job.family,
     )
 
 

@@ -41,10 +41,10 @@ def create_job(
         return job_out(existing)
     jobs.check_quotas(session, user)
     limits = get_settings()
-    training = parse_training_settings(settings)
+    training, base_model = parse_training_settings(settings)
     instance = ingest_uploads(photos, "photos", limits.max_photos)
     extra = ingest_uploads(class_photos or [], "class_photos", limits.max_class_photos)
-    job = jobs.create_job(session, user, training, instance, extra, idempotency_key)
+    job = jobs.create_job(session, user, training, instance, extra, idempotency_key, family=base_model.family_name)
     try:
         queue.enqueue_training(str(job.id))
     except Exception:

@@ -28,14 +28,34 @@ const TOKEN_KEY = "dreambooth-studio.token";
  */
 
 /**
+ * A base model the server offers, with its family as far as the server can tell (null: not known yet).
+ * @typedef {object} BaseModel
+ * @property {string} name
+ * @property {string | null} family "sd1", "sd2", "sdxl"
+ * @property {string | null} family_title
+ * @property {number | null} resolution the side it draws at: its jobs' default resolution
+ * @property {string[]} presets the names of the presets that fit it, its default first
+ */
+
+/**
  * @typedef {object} ServerInfo
  * @property {boolean} demo_mode
  * @property {string[]} base_models
  * @property {string} default_base_model
+ * @property {BaseModel[]} [models] absent from servers older than model families
  * @property {{max_photos: number, max_photo_bytes: number, max_photo_pixels: number}} limits
  */
 
-/** @typedef {{name: string, title: string, summary: string, values: Record<string, any>}} Preset */
+/**
+ * A starting point for a job's settings (GET /api/presets).
+ * @typedef {object} Preset
+ * @property {string} name
+ * @property {string} title
+ * @property {string} summary
+ * @property {string[]} [families] the model families it fits
+ * @property {string} [reason] one line: why it fits them, and where its values come from
+ * @property {Record<string, any>} values
+ */
 
 /**
  * The token (kept in localStorage), and what the server said about itself, loaded once per sign-in:

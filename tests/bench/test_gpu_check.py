@@ -15,6 +15,8 @@ SECTIONS = [
     "lora memory",
     "training speed",
     "training speed, all savers",
+    "sdxl memory",
+    "sdxl speed",
 ]
 
 
@@ -53,11 +55,18 @@ def test_the_dry_run_brings_back_every_section_and_figure(tmp_path: Path):
     assert sections["memory planner"]["cards"]["12 GB"]["jobs"][2]["exports"] == ["fp16", "fp32"]
 
     figures = [line["figure"] for line in results["summary"]]
-    assert len(figures) == 8 and all(line["measured"] is not None for line in results["summary"][:6])
-    assert all(line["met"] is not None for line in results["summary"])
+    assert len(figures) == 11 and all(line["measured"] is not None for line in results["summary"][:9])
+    assert [line["met"] is None for line in results["summary"]].count(True) == 1  # SDXL full: no goal
+    assert any(figure.startswith("SDXL LoRA rank 32") for figure in figures)
     markdown = (out / "gpu-check.md").read_text()
     assert "## GPU check (dry run on the CPU)" in markdown
-    for table in ("### memory goals", "### lora memory", "### memory planner", "### training speed, rows 0"):
+    for table in (
+        "### memory goals",
+        "### lora memory",
+        "### memory planner",
+        "### training speed, rows 0",
+        "### sdxl",
+    ):
         assert table in markdown
 
 

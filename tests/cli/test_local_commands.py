@@ -3,8 +3,10 @@
 import json
 import subprocess
 
+import pytest
 from safetensors import safe_open
 
+from backend.base_models import model_facts
 from tests.e2e.stack import BIN, base_env, photo_files
 
 
@@ -14,13 +16,22 @@ def run(*args: str, env: dict[str, str]) -> str:
     return result.stdout
 
 
-def test_make_model_writes_a_loadable_diffusers_folder(tmp_path):
-    folder = tmp_path / "tiny"
-    run("make-model", str(folder), "--size", "tiny", env=base_env())
+@pytest.mark.parametrize(
+    ("flags", "pipeline", "family"),
+    [
+        (["--size", "tiny"], "StableDiffusionPipeline", "sd1"),  # the old name of --model
+        (["--model", "tiny-sd2"], "StableDiffusionPipeline", "sd2"),
+        (["--model", "tiny-sdxl"], "StableDiffusionXLPipeline", "sdxl"),
+    ],
+)
+def test_make_model_writes_a_loadable_diffusers_folder_of_each_family(tmp_path, flags, pipeline, family):
+    folder = tmp_path / "model"
+    run("make-model", str(folder), *flags, env=base_env())
     index = json.loads((folder / "model_index.json").read_text())
-    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["_class_name"] == pipeline
     assert (folder / "unet" / "diffusion_pytorch_model.safetensors").exists()
     assert (folder / "tokenizer" / "vocab.json").exists()
+    assert model_facts(str(folder)).family_name == family  # told from its configs, as the API tells it
 
 
 def test_train_runs_the_core_without_the_server(tmp_path):

@@ -31,7 +31,7 @@ def test_help_shows_every_setting_with_its_help_and_default_by_group(command, ca
         assert f"\n{group}:\n" in text
     assert (
         "--max-train-steps N   Optimizer steps; Dreambooth overfits fast: start low, add steps until the samples "
-        "satisfy (default: 400; face preset: 1200; range 1-20000)"
+        "satisfy (default: 400; face preset: 1200, sdxl_object/sdxl_face presets: 500; range 1-20000)"
     ) in text
     assert "--with-prior-preservation, --no-with-prior-preservation" in text
     assert "--mixed-precision {no,fp16,bf16}" in text
@@ -92,6 +92,27 @@ def test_train_runs_a_server_jobs_settings_with_the_workers_mapping(tmp_path, mo
     assert (config.mixed_precision, config.validation_inference_steps) == ("fp16", 100)
     assert (config.checkpointing_steps, config.checkpoints_total_limit, config.kept_steps_limit) == (300, 1, 3)
     assert config.scorer_model == "builtin:tiny-clip" and len(config.instance_images) == 2
+
+
+def test_train_fits_the_preset_and_resolution_to_the_base_models_family(tmp_path, monkeypatch, capsys):
+    """As on the server: an SDXL base model starts from sdxl_object at its own resolution, and refuses face."""
+    configs = []
+
+    def fake_train(config, on_progress):
+        configs.append(config)
+        return TrainResult(stopped=False, final_step=0, pipeline_dir=None, samples=(), checkpoints={})
+
+    monkeypatch.setattr(worker.dreambooth.train, "train", fake_train)
+    local = ["train", "--photos", str(photo_folder(tmp_path)), "--output", str(tmp_path / "out")]
+    main([*local, "--instance-prompt", "rufus", "--base-model", "builtin:tiny-sdxl"])
+    (config,) = configs
+    assert (config.training_method, config.learning_rate, config.resolution) == ("lora", 1e-4, 64)
+    with pytest.raises(SystemExit) as exited:
+        main([*local, "--instance-prompt", "rufus", "--base-model", "builtin:tiny-sdxl", "--preset", "face"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        "error: --preset: face is for Stable Diffusion 1.x and Stable Diffusion 2.x"
+    )
 
 
 def test_the_command_line_loads_no_ml_stack_until_it_trains(tmp_path):

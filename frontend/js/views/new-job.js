@@ -1,14 +1,15 @@
 // @ts-check
-// A new job: photos, a preset, the subject's prompts, the settings the server describes, consent;
-// then the upload, with its progress, and the job page.
+// A new job: photos, a preset that fits the base model, the subject's prompts, the settings the server
+// describes, consent; then the upload, with its progress, and the job page.
 
 import { uploadJob } from "../api.js";
-import { cloneTemplate, focusHeading, mountView } from "../dom.js";
+import { focusHeading, mountView } from "../dom.js";
 import { clearErrors, showFieldError } from "../form-errors.js";
 import { go, isCurrent, markNav } from "../router.js";
-import { session, settingNamed } from "../session.js";
+import { settingNamed } from "../session.js";
+import { buildPresetCards, checkedPreset, chosenModel, showFamily } from "./model-choice.js";
 import { PhotoSet } from "./photos.js";
-import { applyPreset, buildSettingsFields, defaultPreset, readSettings } from "./settings-form.js";
+import { applyPreset, buildSettingsFields, readSettings, setModelResolution } from "./settings-form.js";
 
 /** @typedef {import("../router.js").View} View */
 
@@ -16,11 +17,20 @@ export function showNewJob(/** @type {View} */ current) {
   const slot = mountView("tpl-new-job");
   const form = /** @type {HTMLFormElement} */ (slot.form);
   markNav("new");
-  buildPresetCards(slot.presets, form);
+  const choosePreset = (/** @type {string} */ name) => {
+    applyPreset(form, name, chosenModel(form));
+    photos.render();
+  };
+  // note: the cards come before the fields, which would otherwise build a field of their own for the preset;
+  // the base model's field does not exist yet, so this is the server's default model
+  const model = chosenModel(form);
+  buildPresetCards(slot.presets, model, model.presets[0], choosePreset);
   buildSettingsFields(form, { advanced: slot.advancedFields, expert: slot.expert, expertFields: slot.expertFields });
   const resolution = () => Number(form.resolution.value) || settingNamed("resolution").default;
   const photos = new PhotoSet({ dropzone: slot.dropzone, thumbs: slot.thumbs, warnings: slot.warnings }, resolution, current.signal);
-  applyPreset(form, defaultPreset());
+  applyPreset(form, model.presets[0], model);
+  showFamily(form, slot.presetsFor, model);
+  form.base_model?.addEventListener("change", () => switchModel(form, slot, choosePreset));
   form.resolution.addEventListener("input", () => photos.render());
   form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -29,18 +39,24 @@ export function showNewJob(/** @type {View} */ current) {
   focusHeading(slot.root);
 }
 
-function buildPresetCards(/** @type {HTMLElement} */ container, /** @type {HTMLFormElement} */ form) {
-  for (const preset of session.presets) {
-    const card = cloneTemplate("tpl-preset");
-    card.input.value = preset.name;
-    card.input.checked = preset.name === defaultPreset();
-    card.title.textContent = preset.title;
-    card.summary.textContent = preset.summary;
-    card.input.addEventListener("change", () => {
-      applyPreset(form, preset.name);
-      form.resolution.dispatchEvent(new Event("input"));
-    });
-    container.append(card.element);
+/**
+ * Another base model: the cards of the presets that fit it, and its resolution. A preset that still fits
+ * stays checked with the user's edits; otherwise the model's default preset fills the form.
+ * @param {HTMLFormElement} form
+ * @param {Record<string, any>} slot
+ * @param {(name: string) => void} choosePreset
+ */
+function switchModel(form, slot, choosePreset) {
+  const model = chosenModel(form);
+  const before = checkedPreset(form);
+  const preset = before && model.presets.includes(before) ? before : model.presets[0];
+  buildPresetCards(slot.presets, model, preset, choosePreset);
+  showFamily(form, slot.presetsFor, model);
+  if (preset === before) {
+    setModelResolution(form, model);
+    form.resolution.dispatchEvent(new Event("input"));
+  } else {
+    choosePreset(preset);
   }
 }
 

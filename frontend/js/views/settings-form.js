@@ -74,14 +74,14 @@ function groupFieldset(/** @type {string} */ group, /** @type {Setting[]} */ set
   return fieldset;
 }
 
-/** The name of the preset the form starts with: the server's default. */
-export function defaultPreset() {
-  const preset = session.settings.find((setting) => setting.name === "preset");
-  return preset ? preset.default : session.presets[0].name;
-}
-
-/** Fill the form with a preset's values over the server's defaults (demo mode: small and short). */
-export function applyPreset(/** @type {HTMLFormElement} */ form, /** @type {string} */ name) {
+/**
+ * Fill the form with a preset's values over the server's defaults, at the base model's resolution (demo mode:
+ * small and short).
+ * @param {HTMLFormElement} form
+ * @param {string} name
+ * @param {import("../session.js").BaseModel} model
+ */
+export function applyPreset(form, name, model) {
   const preset = session.presets.find((candidate) => candidate.name === name);
   const settings = formSettings();
   /** @type {Record<string, any>} */
@@ -91,12 +91,20 @@ export function applyPreset(/** @type {HTMLFormElement} */ form, /** @type {stri
     values.resolution = DEMO_RESOLUTION;
     values.max_train_steps = Math.min(values.max_train_steps, DEMO_MAX_STEPS);
   }
-  // note: the preset does not choose itself, and what is required (the instance prompt) is the user's.
-  for (const setting of settings.filter((candidate) => candidate.name !== "preset" && !candidate.required)) {
+  // note: the base model stays as chosen; the preset does not choose itself; what is required is the user's.
+  const kept = new Set(["base_model", "preset"]);
+  for (const setting of settings.filter((candidate) => !kept.has(candidate.name) && !candidate.required)) {
     const control = controlOf(form, setting.name);
     if (control) writeField(control, setting, values[setting.name]);
   }
+  setModelResolution(form, model);
   showApplicable(form);
+}
+
+/** Set the resolution to the one the base model draws at, when the server knows it. */
+export function setModelResolution(/** @type {HTMLFormElement} */ form, /** @type {import("../session.js").BaseModel} */ model) {
+  const control = controlOf(form, "resolution");
+  if (control && model.resolution) writeField(control, settingNamed("resolution"), model.resolution);
 }
 
 /** The settings to send: every field shown (a hidden one is left to the server); empty optional ones left out. */
