@@ -16,7 +16,10 @@ itself; the run stops starting sections when its budget is spent:
    in the same process succeeds;
 4. memory goals: bench.memory_goals (8-bit Adam, fp16, checkpointing, batch 1, 512 px);
 5. LoRA memory: bench.lora_memory, full fine-tuning against LoRA (rank 4, fp16, batch 1, 512 px);
-6. training speed: bench.train_speed, ours against the reference loop (fp16, batch 1, 512 px).
+6. training speed: bench.train_speed, ours against the reference loop (fp16, batch 1, 512 px);
+7. SDXL memory: bench.sdxl_memory on SDXL's real size (builtin:full-sdxl) at 1024 px: LoRA rank 32 with
+   checkpointing, and full UNet fine-tuning with 8-bit Adam and checkpointing (peak memory);
+8. SDXL speed: bench.sdxl_memory, LoRA rank 32 without checkpointing (steps per second).
 
 It writes $OUT/gpu-check.json (every measurement), $OUT/gpu-check.md (the tables for bench/RESULTS.md),
 $OUT/gpu-check.log (each section's output) and $OUT/gpu-tests.xml (the tests' JUnit report), after every
@@ -77,7 +80,11 @@ GOALS = {
     "lora_gb": 7,
     "unet_steps_per_s": 8,  # batch 1, no checkpointing, on an H100
     "speed_up": 1.6,  # ours against the reference loop at the same settings
+    "sdxl_lora_gb": 10,  # SDXL, 1024 px, batch 1, fp16, LoRA rank 32, cached latents and embeddings, checkpointing
+    "sdxl_lora_steps_per_s": 3,  # the same without checkpointing, on an H100
 }
+SDXL_MEMORY_CONFIGS = ("LoRA r32, checkpointing", "full UNet, 8-bit Adam, checkpointing")
+SDXL_SPEED_CONFIGS = ("LoRA r32",)
 
 
 @dataclass(frozen=True)
@@ -90,12 +97,14 @@ class Sizes:
     planner_steps: int
     speed_steps: int
     speed_warmup: int
+    sdxl_model: str
+    sdxl_resolution: int
 
     @classmethod
     def for_run(cls, dry_run: bool) -> "Sizes":
         if dry_run:
-            return cls("cpu", "tiny", 64, planner_steps=2, speed_steps=2, speed_warmup=1)
-        return cls("cuda", "full", 512, planner_steps=3, speed_steps=20, speed_warmup=5)
+            return cls("cpu", "tiny", 64, 2, speed_steps=2, speed_warmup=1, sdxl_model="tiny-sdxl", sdxl_resolution=64)
+        return cls("cuda", "full", 512, 3, speed_steps=20, speed_warmup=5, sdxl_model="full-sdxl", sdxl_resolution=1024)
 
 
 # ---------------------------------------------------------------------- the run
@@ -123,6 +132,9 @@ SECTIONS = [
     Section(
         "training speed, all savers", lambda run, limit: section_speed(run, limit, rows="3"), 180, 60, exclusive=True
     ),
+    # note: SDXL makes its own model (bench.sdxl_memory): a few minutes of writing 14 GB on the first run
+    Section("sdxl memory", lambda run, limit: section_sdxl(run, limit, SDXL_MEMORY_CONFIGS), 420, 120, False),
+    Section("sdxl speed", lambda run, limit: section_sdxl(run, limit, SDXL_SPEED_CONFIGS), 180, 60, False, True),
 ]
 
 
@@ -409,6 +421,18 @@ def section_speed(run: Run, limit_s: float, rows: str) -> dict:
     return measured
 
 
+def section_sdxl(run: Run, limit_s: float, configurations: tuple[str, ...]) -> dict:
+    sizes = run.sizes
+    arguments = [
+        "--device", sizes.device, "--size", sizes.sdxl_model, "--resolution", str(sizes.sdxl_resolution),
+        "--work-dir", str(run.work), "--steps", "2" if run.args.dry_run else "5",
+        *(item for name in configurations for item in ("--only", name)),
+    ]  # fmt: skip
+    measured, table = run.bench("bench.sdxl_memory", arguments, limit_s)
+    run.tables[f"sdxl, {', '.join(configurations)}"] = table
+    return {"configurations": measured}
+
+
 # ---------------------------------------------------------------------- the memory planner on an emulated card
 
 
@@ -552,6 +576,28 @@ def summary(results: dict) -> list[dict]:
             f"at least {GOALS['speed_up']}x",
             ours / reference >= GOALS["speed_up"],
         )
+    sdxl = sections.get("sdxl memory", {}).get("configurations", {}) | sections.get("sdxl speed", {}).get(
+        "configurations", {}
+    )
+    if "LoRA r32, checkpointing" in sdxl:
+        peak = sdxl["LoRA r32, checkpointing"]["peak_mb"] * 2**20
+        add(
+            "SDXL LoRA rank 32, 1024 px, fp16, checkpointing: peak GB",
+            round(peak / GB, 2),
+            f"under {GOALS['sdxl_lora_gb']} GB",
+            peak < GOALS["sdxl_lora_gb"] * GB,
+        )
+    if "LoRA r32" in sdxl:
+        speed = sdxl["LoRA r32"]["steps_per_s"]
+        add(
+            "SDXL LoRA rank 32, 1024 px, fp16, no checkpointing: steps/s",
+            round(speed, 2),
+            f"at least {GOALS['sdxl_lora_steps_per_s']} (H100)",
+            speed >= GOALS["sdxl_lora_steps_per_s"],
+        )
+    if "full UNet, 8-bit Adam, checkpointing" in sdxl:
+        peak = sdxl["full UNet, 8-bit Adam, checkpointing"]["peak_mb"] * 2**20
+        add("SDXL full UNet, 1024 px, 8-bit Adam, fp16, checkpointing: peak GB", round(peak / GB, 2), "-", None)
     for card, measured in sections.get("memory planner", {}).get("cards", {}).items():
         outcomes = [job["outcome"] for job in measured["jobs"]]
         met = (
