@@ -19,6 +19,7 @@ from backend.base_models import model_facts
 from backend.settings import get_settings
 from backend.settings_text import default_text, preset_text, range_text
 from backend.training_settings import SettingOut, TrainingSettings, describe_settings, model_context
+from formats.embedding import EMBEDDING_FORMAT
 from formats.families import BUILTIN_MODELS
 from formats.lora import LORA_FORMATS
 
@@ -332,7 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     command = commands.add_parser("download", help="download a job's checkpoint (resumes a partial download)")
     command.add_argument("job")
-    command.add_argument("--format", choices=["single", "diffusers", *LORA_FORMATS], default="single")
+    command.add_argument(
+        "--format",
+        choices=["single", "diffusers", *LORA_FORMATS, EMBEDDING_FORMAT],
+        default="single",
+        help="single (default), diffusers (a zip), lora or lora_kohya (LoRA jobs), embedding (pivotal jobs' token)",
+    )
     command.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16")
     command.add_argument("--step", type=int, help="a kept earlier step (default: the last)")
     command.add_argument("-o", "--output", help="file to write (default: the server's name for it)")

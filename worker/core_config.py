@@ -20,6 +20,8 @@ def core_config(settings: dict, **run) -> TrainConfig:
     known = {field.name for field in dataclasses.fields(TrainConfig)}
     options = {key: value for key, value in settings.items() if key in known}
     total = options.get("max_train_steps", TrainConfig.max_train_steps)
+    if options.get("training_method") == "pivotal":
+        total += options.get("textual_inversion_steps", TrainConfig.textual_inversion_steps)
     options["checkpointing_steps"] = options.get("checkpointing_steps") or default_checkpointing_steps(total)
     # note: the training state is only for resuming an interrupted run, so the newest one is enough;
     # the user's checkpoints_total_limit bounds the kept weights of validation steps instead

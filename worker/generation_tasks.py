@@ -100,7 +100,8 @@ def trained_model(job: Job, step: int) -> "TrainedModel":
     """Where the job's weights at `step` are (a worker.dreambooth.render.TrainedModel).
 
     The final step is a whole pipeline folder; a kept earlier step holds only what training changed:
-    diffusers weights replace the final pipeline's components, LoRA adapters go on the base model.
+    diffusers weights replace the final pipeline's components, LoRA adapters and learned embeddings go on the base
+    model.
     """
     from worker.dreambooth.render import TrainedModel
 
@@ -111,10 +112,11 @@ def trained_model(job: Job, step: int) -> "TrainedModel":
     weights = kept.get(("weights", step))
     if weights is None:
         raise JobError("weights_missing", f"This job keeps no weights at step {step}; generate from a kept step.")
-    if weights.format == "lora":
+    if weights.format in ("lora", "embedding"):
+        # note: pivotal tuning's phase-one steps are an embedding on the base model
         return TrainedModel(
             weights_dir=_folder(weights.path, step),
-            weights_format="lora",
+            weights_format=weights.format,
             base_model=job.settings.get("base_model") or get_settings().base_model,
             models_dir=storage.models_dir(),
         )

@@ -20,6 +20,7 @@ from backend.leases import Lease, LeaseLost
 from backend.models import Artifact, Job, JobStatus
 from backend.queue import TRAIN_TASK
 from backend.settings import get_settings
+from formats.embedding import EMBEDDING_FORMAT
 from formats.lora import LORA_FORMATS
 from worker.celery_app import app
 from worker.core_config import core_config, drop_training_state
@@ -151,6 +152,9 @@ def _train(config: TrainConfig, reporter: JobReporter) -> TrainResult:
     return result
 
 
+FILE_FORMATS = (*LORA_FORMATS, EMBEDDING_FORMAT)  # final files named by their format, not by their dtype
+
+
 def _artifacts(result: TrainResult) -> list[Artifact]:
     """Rows for the final files the core wrote: the single-file checkpoints, then the diffusers pipeline (the
     source the API builds diffusers downloads from). Samples and kept weights were recorded as they came."""
@@ -160,9 +164,10 @@ def _artifacts(result: TrainResult) -> list[Artifact]:
             path=storage.relative(path),
             size_bytes=Path(path).stat().st_size,
             step=result.final_step,
-            # note: the core names its files by dtype ("fp16", "fp32": single files) or by format (LoRA, fp32)
-            format=name if name in LORA_FORMATS else "single",
-            dtype="fp32" if name in LORA_FORMATS else name,
+            # note: the core names its files by dtype ("fp16", "fp32": single files) or by format (LoRA, the
+            # learned embedding: fp32)
+            format=name if name in FILE_FORMATS else "single",
+            dtype="fp32" if name in FILE_FORMATS else name,
         )
         for name, path in result.checkpoints.items()
     ]

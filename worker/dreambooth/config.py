@@ -6,7 +6,8 @@ from pathlib import Path
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 STATE_DIR = "training-state"  # under output_dir: the saved training states a run resumes from
 MEMORY_PROFILES = ("auto", "none")
-TRAINING_METHODS = ("full", "lora")
+TRAINING_METHODS = ("full", "lora", "pivotal")
+SECOND_PHASES = ("full", "lora")  # what pivotal tuning's phase two trains
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,18 @@ class TrainConfig:
     resume_from_checkpoint: str | None = None  # "latest", or a state folder (name under training-state/ or path)
 
     # LoRA: train small low-rank adapters instead of every weight (far less memory, small files)
-    training_method: str = "full"  # "full" | "lora"
+    training_method: str = "full"  # "full" | "lora" | "pivotal" (textual inversion, then full or LoRA)
     lora_rank: int = 4  # adapter rank
     lora_alpha: float | None = None  # adapter scale numerator (the update is scaled by alpha / rank); None = rank
     lora_dropout: float = 0.0  # dropout on the adapters' input
+
+    # pivotal tuning (pivotal.py): textual inversion of new tokens, then Dreambooth with them
+    pivotal_second_phase: str = "full"  # what phase two trains: "full" | "lora"
+    placeholder_token: str = "<sks>"  # the new token; the instance prompt names the subject with it
+    num_vectors: int = 1  # embedding vectors (tokens) the placeholder stands for
+    initializer_token: str | None = None  # the word the new rows start from; None = the class noun
+    textual_inversion_steps: int = 2000  # phase one's optimizer steps (the study: 2000)
+    textual_inversion_lr: float = 5e-4  # phase one's learning rate
 
     seed: int | None = None  # None = nondeterministic training; samples then use seed 0
     # validation: samples across the run, the weights at each of those steps, and their scores
@@ -113,14 +122,36 @@ class TrainConfig:
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ValueError("snr_gamma must be > 0")
         if self.training_method not in TRAINING_METHODS:
-            raise ValueError(f"training_method must be full or lora, not {self.training_method!r}")
+            raise ValueError(f"training_method must be full, lora or pivotal, not {self.training_method!r}")
+        if self.pivotal_second_phase not in SECOND_PHASES:
+            raise ValueError(f"pivotal_second_phase must be full or lora, not {self.pivotal_second_phase!r}")
+        if self.training_method == "pivotal":
+            if self.placeholder_token not in self.instance_prompt:
+                raise ValueError(f"the instance prompt must name the subject with {self.placeholder_token!r}")
+            if min(self.num_vectors, self.textual_inversion_steps) < 1:
+                raise ValueError("num_vectors and textual_inversion_steps must be >= 1")
         if self.lora_rank < 1:
             raise ValueError("lora_rank must be >= 1")
-        if self.training_method == "lora" and self.use_ema:
+        if self.adapter_method == "lora" and self.use_ema:
             raise ValueError("use_ema is not supported with training_method lora")
         for name in ("checkpointing_steps", "checkpoints_total_limit", "validation_steps", "kept_steps_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 or None")
+
+    @property
+    def adapter_method(self) -> str:
+        """What the Dreambooth steps train: "full" or "lora" (pivotal tuning's phase two, for a pivotal run)."""
+        return self.pivotal_second_phase if self.training_method == "pivotal" else self.training_method
+
+    @property
+    def inversion_steps(self) -> int:
+        """Textual-inversion steps before the Dreambooth ones (pivotal tuning's phase one; else none)."""
+        return self.textual_inversion_steps if self.training_method == "pivotal" else 0
+
+    @property
+    def total_steps(self) -> int:
+        """The run's optimizer steps in all: its steps are numbered 1..total_steps across both phases."""
+        return self.inversion_steps + self.max_train_steps
 
     @property
     def class_cache_dir(self) -> Path:
@@ -132,9 +163,9 @@ class TrainConfig:
 class Progress:
     """A progress report; step numbers only grow within one phase."""
 
-    phase: str  # "preparing" | "generating_class_images" | "training" | "sampling" | "exporting"
-    step: int  # training: optimizer steps done; generating_class_images: images made
-    total_steps: int  # training: max_train_steps; generating_class_images: images needed
+    phase: str  # "preparing" | "generating_class_images" | "inversion" | "training" | "sampling" | "exporting"
+    step: int  # inversion, training: optimizer steps done (across both); generating_class_images: images made
+    total_steps: int  # inversion, training: total_steps; generating_class_images: images needed
     loss: float | None  # mean loss of the last step, when training
     eta_seconds: float | None  # estimated seconds left in this phase
 

@@ -17,12 +17,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from formats import single_file as layout
+from formats.embedding import EMBEDDING_FILE, EMBEDDING_FORMAT
 from formats.families import FAMILIES, FamilyInfo
 
 from .components import Components, pipeline_for, release
 from .config import TrainConfig
 from .files import atomic_dir, atomic_file
 from .lora import lora_settings, merged_into_base, save_lora
+from .pivotal import learned_vectors, save_embedding
 from .saving import save_pipeline
 from .trainees import Trainees
 
@@ -41,16 +43,21 @@ PREDICTION_TYPES = {"epsilon": "epsilon", "v_prediction": "v"}  # diffusers' nam
 
 def export_run(config: TrainConfig, parts: Components, run: Trainees, step: int) -> tuple[Path, dict[str, Path]]:
     """Write the trained pipeline folder and the single files (LoRA runs: the LoRA files first); returns the
-    folder and the files by name ("fp16", "fp32", "lora", "lora_kohya"). The run ends here (Trainees.finish)."""
+    folder and the files by name ("fp16", "fp32", "lora", "lora_kohya", "embedding"). The run ends here
+    (Trainees.finish)."""
     device = run.accelerator.device
     unet, text_encoders = run.finish()
     release(device)
     metadata = checkpoint_metadata(config, step, parts.family.info.name)
     checkpoints = {}
-    if config.training_method == "lora":
+    if config.adapter_method == "lora":
         lora_dir = config.output_dir / "lora"
         checkpoints |= save_lora(lora_dir, unet, text_encoders, lora_settings(config), parts.family, metadata)
         unet, text_encoders = merged_into_base(parts, lora_dir, config.train_text_encoder)
+    if config.training_method == "pivotal":
+        vectors = learned_vectors(parts.tokenizers, text_encoders or parts.text_encoders, config)
+        path = config.output_dir / "checkpoints" / EMBEDDING_FILE
+        checkpoints[EMBEDDING_FORMAT] = save_embedding(path, vectors, config, step)
     pipeline_dir = config.output_dir / "pipeline"
     # note: the exported pipeline holds the untouched fp32 frozen parts, so exports carry the base weights exactly
     pipeline = pipeline_for(parts, unet, parts.vae, text_encoders or parts.text_encoders)

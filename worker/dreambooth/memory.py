@@ -70,7 +70,7 @@ def _study_savers(config: TrainConfig, total_memory: int) -> tuple[str, dict]:
 def _sdxl_savers(config: TrainConfig, total_memory: int) -> tuple[str, dict]:
     """SDXL: full fine-tuning on large cards only (refused below its floor, naming LoRA); LoRA everywhere else."""
     gib = total_memory / GIB
-    if config.training_method == "full":
+    if config.adapter_method == "full":
         if total_memory < SDXL_FULL_MINIMUM_GPU:
             raise JobError(
                 "out_of_memory",

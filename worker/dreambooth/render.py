@@ -1,7 +1,8 @@
 """Render images on demand from a trained model: load it once, keep it, sample with the sampler asked for.
 
 A trained model is a complete pipeline folder (a job's final weights), that folder with some
-components replaced by a kept step's weights, or a base model with a kept step's LoRA adapters.
+components replaced by a kept step's weights, or a base model with a kept step's LoRA adapters or learned
+embedding (pivotal tuning), or both.
 """
 
 import logging
@@ -11,17 +12,21 @@ from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
+from safetensors import safe_open
 
+from formats.embedding import EMBEDDING_FILE
 from formats.lora import LORA_FILES
 
 from .components import model_identity, resolve_base_model
 from .families import Family, family_of
 from .files import atomic_file
+from .pivotal import load_embedding
 from .schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
 
-WEIGHT_FORMATS = ("diffusers", "lora")
+WEIGHT_FORMATS = ("diffusers", "lora", "embedding")
+ON_BASE_MODEL = ("lora", "embedding")  # the weights formats that go on the base model
 
 
 @dataclass(frozen=True)
@@ -30,17 +35,19 @@ class TrainedModel:
 
     pipeline_dir: Path | None = None  # a complete diffusers pipeline folder: the job's final weights
     weights_dir: Path | None = None  # a kept step's weights: a folder laid out like the pipeline's
-    weights_format: str | None = None  # "diffusers": replace pipeline_dir's components; "lora": adapters on base_model
-    base_model: str | None = None  # for LoRA weights: a Hub id, a diffusers folder, or builtin:NAME
+    weights_format: str | None = None  # "diffusers": replace pipeline_dir's components; "lora", "embedding": on
+    # base_model (a kept step of pivotal tuning also holds the embedding of its new tokens, loaded first)
+    base_model: str | None = None  # for LoRA and embedding weights: a Hub id, a diffusers folder, or builtin:NAME
     models_dir: Path | None = None  # where builtin base models are generated
 
     def __post_init__(self):
         if self.weights_dir is not None and self.weights_format not in WEIGHT_FORMATS:
-            raise ValueError(f"weights_format must be diffusers or lora, not {self.weights_format!r}")
-        if self.weights_format == "lora" and (self.base_model is None or self.models_dir is None):
-            raise ValueError("LoRA weights need a base_model and a models_dir")
-        if self.weights_format != "lora" and self.pipeline_dir is None:
-            raise ValueError("a pipeline_dir is needed unless the weights are LoRA adapters on a base model")
+            raise ValueError(f"weights_format must be diffusers, lora or embedding, not {self.weights_format!r}")
+        on_base = self.weights_format in ON_BASE_MODEL
+        if on_base and (self.base_model is None or self.models_dir is None):
+            raise ValueError("LoRA and embedding weights need a base_model and a models_dir")
+        if not on_base and self.pipeline_dir is None:
+            raise ValueError("a pipeline_dir is needed unless the weights go on a base model")
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,7 @@ class LoadedModel:
 def model_key(model: TrainedModel) -> tuple[str, ...]:
     """What names the exact weights `model` loads (paths plus file sizes and times), cheap to compute."""
     sources = [model.weights_format or "pipeline"]
-    if model.weights_format == "lora":
+    if model.weights_format in ON_BASE_MODEL:
         sources.append(model_identity(resolve_base_model(model.base_model, model.models_dir)))
     else:
         sources.append(model_identity(str(model.pipeline_dir)))
@@ -85,11 +92,14 @@ def model_key(model: TrainedModel) -> tuple[str, ...]:
 def load_trained(model: TrainedModel) -> LoadedModel:
     """Load a trained pipeline without a safety checker, in fp16 when a GPU will run it; it stays on the CPU."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if model.weights_format == "lora":
+    if model.weights_format in ON_BASE_MODEL:
         location = resolve_base_model(model.base_model, model.models_dir)
         family = family_of(location)
         pipeline = family.pipeline_class.from_pretrained(location, **family.load_options())
-        pipeline.load_lora_weights(str(model.weights_dir), weight_name=LORA_FILES["lora"])
+        if (model.weights_dir / EMBEDDING_FILE).is_file():
+            load_embedding_into(pipeline, family, model.weights_dir / EMBEDDING_FILE)
+        if model.weights_format == "lora":
+            pipeline.load_lora_weights(str(model.weights_dir), weight_name=LORA_FILES["lora"])
     else:
         family = family_of(str(model.pipeline_dir))
         options = family.load_options()
@@ -100,6 +110,16 @@ def load_trained(model: TrainedModel) -> LoadedModel:
         pipeline.to(dtype=torch.float16)
     pipeline.set_progress_bar_config(disable=True)
     return LoadedModel(pipeline=pipeline, scheduler_config=dict(pipeline.scheduler.config), device=device)
+
+
+def load_embedding_into(pipeline: DiffusionPipeline, family: Family, path: Path) -> None:
+    """Add a learned embedding's tokens to each of the pipeline's text encoders (diffusers' own loader)."""
+    with safe_open(path, "pt") as file:
+        token = file.metadata()["placeholder_token"]
+    for vectors, tokenizer, encoder in zip(load_embedding(path), family.info.tokenizers, family.info.text_encoders):
+        pipeline.load_textual_inversion(
+            vectors, token=token, tokenizer=getattr(pipeline, tokenizer), text_encoder=getattr(pipeline, encoder)
+        )
 
 
 def _trained_components(family: Family, weights_dir: Path) -> dict:

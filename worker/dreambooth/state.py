@@ -84,16 +84,18 @@ def load_state(path: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]], di
 
 
 # What a saved state records of the run, so a resume can refuse a state of a different kind of run.
-RUN_KIND = ("base_model", "train_text_encoder", "use_ema", "training_method", "lora_rank")
+RUN_KIND = (
+    "base_model", "train_text_encoder", "use_ema", "training_method", "lora_rank", "pivotal_second_phase",
+    "placeholder_token", "num_vectors", "textual_inversion_steps",
+)  # fmt: skip
 TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")  # the trained text encoders' files, in order
 
 
 def save_run(config: TrainConfig, run: Trainees, step: int, base_seed: int) -> Path:
     """Save the run at `step`: trained weights, optimizer, schedule, EMA, scaler and random generators."""
     unet, text_encoders = run.unwrapped()
-    weights = {"unet": _trained_state(unet, config)}
-    for name, text_encoder in zip(TEXT_ENCODER_NAMES, text_encoders):
-        weights[name] = _trained_state(text_encoder, config)
+    models = {"unet": unet, **dict(zip(TEXT_ENCODER_NAMES, text_encoders))}
+    weights = {name: state for name, model in models.items() if (state := _trained_state(model, config))}
     scaler = run.accelerator.scaler
     trainer = {
         "optimizer": run.optimizer.state_dict(),
@@ -125,12 +127,12 @@ def check_resumable(info: dict, config: TrainConfig) -> None:
 def restore_run(saved: tuple, run: Trainees, config: TrainConfig) -> int:
     """Load a saved state into the run; returns its step."""
     info, weights, trainer = saved
-    # note: a LoRA state holds the adapters only; the base weights are the base model's
-    strict = config.training_method != "lora"
     unet, text_encoders = run.unwrapped()
-    unet.load_state_dict(weights["unet"], strict=strict)
-    for name, text_encoder in zip(TEXT_ENCODER_NAMES, text_encoders):
-        text_encoder.load_state_dict(weights[name], strict=strict)
+    models = {"unet": unet, **dict(zip(TEXT_ENCODER_NAMES, text_encoders))}
+    for name, model in models.items():
+        if name in weights:
+            # note: a partial state (LoRA adapters, pivotal tuning's embeddings) holds the trained tensors only
+            model.load_state_dict(weights[name], strict=not _partly_trained(model, config))
     if info["optimizer"] == type(run.optimizer.optimizer).__name__:
         run.optimizer.load_state_dict(trainer["optimizer"])
     else:
@@ -151,8 +153,13 @@ def restore_run(saved: tuple, run: Trainees, config: TrainConfig) -> int:
 
 
 def _trained_state(model: torch.nn.Module, config: TrainConfig) -> dict[str, torch.Tensor]:
-    """What a saved training state must hold of a model: every weight, or a LoRA run's adapters only."""
-    state = model.state_dict()
-    if config.training_method == "lora":
-        return {key: value for key, value in state.items() if ".lora_A." in key or ".lora_B." in key}
-    return state
+    """What a saved training state must hold of a model: every weight, or only the trained tensors (a LoRA run's
+    adapters, pivotal tuning's input embeddings); nothing of a frozen model."""
+    if not _partly_trained(model, config):
+        return model.state_dict()
+    trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    return {key: value for key, value in model.state_dict().items() if key in trained}
+
+
+def _partly_trained(model: torch.nn.Module, config: TrainConfig) -> bool:
+    return config.adapter_method == "lora" or not all(p.requires_grad for p in model.parameters())

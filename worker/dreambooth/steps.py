@@ -51,12 +51,12 @@ class Validation:
 
 def validation_every(config: TrainConfig) -> int:
     """Steps between validations: validation_steps, else about DEFAULT_POINTS points across the run."""
-    return config.validation_steps or max(1, math.ceil(config.max_train_steps / DEFAULT_POINTS))
+    return config.validation_steps or max(1, math.ceil(config.total_steps / DEFAULT_POINTS))
 
 
 def is_validation_step(config: TrainConfig, step: int) -> bool:
     """Every validation_every steps, and always the last step."""
-    return step == config.max_train_steps or (step > 0 and step % validation_every(config) == 0)
+    return step == config.total_steps or (step > 0 and step % validation_every(config) == 0)
 
 
 def validation_prompts(config: TrainConfig) -> list[tuple[str, bool]]:
@@ -177,5 +177,5 @@ class Evaluator:
             "steps": sorted(self.scores, key=lambda s: s["step"]),
             "recommended_step": recommendation.step if recommendation else None,
             "reason": recommendation.reason if recommendation else None,
-            "recommended_is_final": recommendation is not None and recommendation.step == self.config.max_train_steps,
+            "recommended_is_final": recommendation is not None and recommendation.step == self.config.total_steps,
         }

@@ -25,10 +25,19 @@ from .export import export_run
 from .families import Conditioning
 from .loss import dreambooth_loss, min_snr_weights, sample_noise, training_target
 from .memory import apply_memory_plan, plan_memory
+from .pivotal import (
+    RowKeeper,
+    inversion_file,
+    learned_vectors,
+    load_embedding,
+    save_embedding,
+    with_new_tokens,
+    with_placeholders,
+)
 from .prior import prepare_class_images
 from .state import check_resumable, find_state, load_state, restore_run, save_run
 from .steps import Validation, forget_after, is_validation_step, kept_step_dirs
-from .trainees import Trainees, make_trainees, weight_dtype
+from .trainees import Trainees, make_inversion_trainees, make_trainees, weight_dtype
 from .validate import Validator
 
 log = logging.getLogger(__name__)
@@ -75,7 +84,7 @@ class _Stopped(Exception):
 
 
 def _train(config: TrainConfig, hooks: _Hooks, models: ComponentCache | None, on_memory_plan) -> TrainResult:
-    hooks.on_progress(Progress("preparing", 0, config.max_train_steps, None, None))
+    hooks.on_progress(Progress("preparing", 0, config.total_steps, None, None))
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     release(device)
     family = base_model_family(config.base_model, config.models_dir, config.revision)
@@ -102,20 +111,24 @@ def _train(config: TrainConfig, hooks: _Hooks, models: ComponentCache | None, on
             if prepared is None:
                 raise _Stopped(0)
             class_paths, generated = prepared
-        run = make_trainees(config, parts, accelerator, base_seed, shared=models is not None)
-        start = restore_run(saved, run, config) if saved else 0
+        start = saved[0]["step"] if saved else 0
         if start:
-            log.info("resuming from %s at step %d of %d", state_path, start, config.max_train_steps)
-        data = _TrainingData(config, parts, run, class_paths, start)
+            log.info("resuming from %s at step %d of %d", state_path, start, config.total_steps)
         forget_after(config.output_dir, start)
-        validator = Validator(config, parts, accelerator, data.photos, start, hooks.on_progress, hooks.on_validation)
-        step = _train_steps(config, run, data, validator, hooks, start, base_seed)
+        photos = [load_photo(p, config.resolution) for p in config.instance_images]
+        validator = Validator(config, parts, accelerator, photos, start, hooks.on_progress, hooks.on_validation)
+        if config.training_method == "pivotal":
+            parts, saved = _invert(config, parts, accelerator, saved, base_seed, validator, hooks, photos)
+        run = make_trainees(config, parts, accelerator, base_seed, shared=models is not None)
+        first = restore_run(saved, run, config) if saved else config.inversion_steps
+        data = _TrainingData(config, parts, run, class_paths, first - config.inversion_steps, photos)
+        step = _train_steps(config, run, data, validator, hooks, first, base_seed)
         del data  # note: the latents and embeddings leave the GPU before the final samples
         release(device)
         hooks.stop_if_asked(step)
         validator(step, run)
         hooks.stop_if_asked(step)
-        hooks.on_progress(Progress("exporting", step, config.max_train_steps, None, 0.0))
+        hooks.on_progress(Progress("exporting", step, config.total_steps, None, 0.0))
         pipeline_dir, checkpoints = export_run(config, parts, run, step)
     except _Stopped as stopped:
         log.info("stopped at step %d", stopped.step)
@@ -140,24 +153,58 @@ def _train(config: TrainConfig, hooks: _Hooks, models: ComponentCache | None, on
 # ---------------------------------------------------------------------- the loop
 
 
+def _invert(
+    config: TrainConfig, parts: Components, accelerator: Accelerator, saved: tuple | None, base_seed: int,
+    validate: Validator, hooks: _Hooks, photos: list,
+) -> tuple[Components, tuple | None]:  # fmt: skip
+    """Pivotal tuning's phase one (pivotal.py), or its result when a resumed run is past it: the base model's
+    parts with the learned tokens for phase two, and the saved state phase two resumes from (None: afresh)."""
+    inversion = config.inversion_steps
+    # note: phase one writes its result before phase two's first step, so every later state has it; a state at
+    # phase one's last step (stopped before the handoff) resumes phase one, to write it
+    if saved and saved[0]["step"] > inversion:
+        return with_new_tokens(parts, config, load_embedding(inversion_file(config.output_dir))), saved
+    pivoted = with_new_tokens(parts, config)
+    run = make_inversion_trainees(config, pivoted, accelerator, base_seed)
+    start = restore_run(saved, run, config) if saved else 0
+    # note: phase one learns the subject's tokens from its photos alone; the class prompt has none of them
+    data = _TrainingData(config, pivoted, run, (), start, photos)
+    validate.parts = pivoted
+    keep_rows = RowKeeper(pivoted.tokenizers, run.unwrapped()[1], config)
+    step = _train_steps(config, run, data, validate, hooks, start, base_seed, until=inversion, after_step=keep_rows)
+    vectors = learned_vectors(pivoted.tokenizers, run.unwrapped()[1], config)
+    save_embedding(inversion_file(config.output_dir), vectors, config, step)
+    run.finish()
+    del data, run, keep_rows
+    release(accelerator.device)
+    hooks.stop_if_asked(step)
+    pivoted = with_new_tokens(parts, config, vectors)
+    validate.parts = pivoted
+    return pivoted, None
+
+
 def _train_steps(
     config: TrainConfig, run: Trainees, data: "_TrainingData", validate: Validator, hooks: _Hooks, start: int,
-    base_seed: int,
+    base_seed: int, until: int | None = None, after_step: Callable[[], None] = lambda: None,
 ) -> int:  # fmt: skip
-    """Optimizer steps from `start` to max_train_steps, saving and validating along the way; the last step."""
-    total = config.max_train_steps
+    """Optimizer steps from `start` to `until` (the run's last step unless said), saving and validating along the
+    way; the last step. Steps up to the run's inversion_steps are pivotal tuning's phase one ("inversion")."""
+    total = config.total_steps
+    until = total if until is None else until
+    phase = "inversion" if until <= config.inversion_steps else "training"
     trained = "unet" + "".join(f" + text encoder {i + 1}" for i in range(len(run.text_encoders)))
     log.info(
         "training steps %d-%d on %s (mixed precision %s, %s)", start + 1, total, run.accelerator.device,
         run.accelerator.mixed_precision, trained,
     )  # fmt: skip
     started, step = time.monotonic(), start
-    while step < total:
+    while step < until:
         hooks.stop_if_asked(step)
         loss = _optimizer_step(config, run, data)
+        after_step()
         step += 1
         elapsed = time.monotonic() - started
-        hooks.on_progress(Progress("training", step, total, loss.item(), elapsed / (step - start) * (total - step)))
+        hooks.on_progress(Progress(phase, step, total, loss.item(), elapsed / (step - start) * (until - step)))
         if config.checkpointing_steps and step % config.checkpointing_steps == 0:
             save_run(config, run, step, base_seed)
         if step < total and is_validation_step(config, step):
@@ -206,15 +253,19 @@ class _TrainingData:
     """Where each micro-step's latents and prompt embeddings come from: the photos (and class images) as
     latents, the prompts as embeddings, and the batch order."""
 
-    def __init__(self, config: TrainConfig, parts: Components, run: Trainees, class_paths: tuple, start: int):
+    def __init__(
+        self, config: TrainConfig, parts: Components, run: Trainees, class_paths: tuple, start: int, photos: list
+    ):
+        """`start`: the optimizer steps of this phase already done (a resumed run replays the batch order)."""
         device, dtype = run.accelerator.device, weight_dtype(run.accelerator)
         vae = frozen_on(parts.vae, device, dtype)
         crop, flip = config.center_crop, config.random_flip
-        self.photos = [load_photo(p, config.resolution) for p in config.instance_images]
+        self.photos = photos
         self.instances = LatentSource(vae, self.photos, config.resolution, crop, flip)
         class_photos = [load_photo(p, config.resolution) for p in class_paths]
         self.classes = LatentSource(vae, class_photos, config.resolution, crop, flip) if class_paths else None
-        prompts = [config.instance_prompt] + ([config.class_prompt] if class_paths else [])
+        instance_prompt = with_placeholders(config.instance_prompt, config) if config.inversion_steps else None
+        prompts = [instance_prompt or config.instance_prompt] + ([config.class_prompt] if class_paths else [])
         text_encoders = run.text_encoders or tuple(frozen_on(m, device, dtype) for m in parts.text_encoders)
         self.family = parts.family
         self.embed = PromptEmbeddings(parts.family, parts.tokenizers, text_encoders, prompts, bool(run.text_encoders))

@@ -2,6 +2,7 @@
 and the run's random generators, prepared by accelerate."""
 
 import contextlib
+import copy
 import itertools
 import logging
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils.import_utils import is_xformers_available
 
-from .components import Components, trainable_copy
+from .components import Components, frozen_on, trainable_copy
 from .config import TrainConfig
 from .lora import add_adapters, lora_settings
 
@@ -96,7 +97,7 @@ def make_trainees(
     text_encoders = tuple(
         trainable_copy(model, shared).to(device) for model in (parts.text_encoders if config.train_text_encoder else ())
     )
-    if config.training_method == "lora":
+    if config.adapter_method == "lora":
         # note: the base weights stay frozen in the training precision; only the small fp32 adapters get
         # gradients and optimizer state, which is where LoRA's memory saving comes from
         for model in (unet, *text_encoders):
@@ -127,6 +128,48 @@ def make_trainees(
         order_gen=torch.Generator().manual_seed(base_seed),
         data_gen=torch.Generator().manual_seed(base_seed + 1),
         noise_gen=torch.Generator(device).manual_seed(base_seed + 2),
+    )
+
+
+def make_inversion_trainees(
+    config: TrainConfig, parts: Components, accelerator: Accelerator, base_seed: int
+) -> Trainees:
+    """Pivotal tuning's phase one: the text encoders' input embeddings train (pivotal.RowKeeper puts back all
+    but the new tokens' rows after each step), the UNet is frozen in the training precision.
+
+    `parts` are pivotal.with_new_tokens' copies, so the text encoders here are this run's own.
+    """
+    device = accelerator.device
+    unet = frozen_on(parts.unet, device, weight_dtype(accelerator))
+    if config.gradient_checkpointing and unet is parts.unet:
+        unet = copy.deepcopy(unet)  # note: the cached base model itself must not change, even its modes
+    text_encoders = tuple(model.to(device).train() for model in parts.text_encoders)
+    embeddings = []
+    for model in text_encoders:
+        model.requires_grad_(False)
+        embeddings.append(model.get_input_embeddings().weight.requires_grad_(True))
+    _save_memory(config, unet, ())
+    kwargs = dict(betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon)
+    optimizer = torch.optim.AdamW(
+        embeddings, lr=config.textual_inversion_lr, weight_decay=config.adam_weight_decay, **kwargs
+    )
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler, optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=config.inversion_steps * accelerator.num_processes,
+    )  # fmt: skip
+    *models, optimizer, lr_scheduler = accelerator.prepare(unet, *text_encoders, optimizer, lr_scheduler)
+    return Trainees(
+        unet=models[0],
+        text_encoders=tuple(models[1:]),
+        ema=None,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        accelerator=accelerator,
+        # note: generators of their own, so phase two draws the same whether or not a resume split the run
+        order_gen=torch.Generator().manual_seed(base_seed + 10),
+        data_gen=torch.Generator().manual_seed(base_seed + 11),
+        noise_gen=torch.Generator(device).manual_seed(base_seed + 12),
     )
 
 

@@ -10,11 +10,14 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from formats.embedding import EMBEDDING_FILE
+
 from .components import Components, frozen_on, pipeline_for, release
 from .config import Progress, Sample, TrainConfig
 from .export import checkpoint_metadata
 from .files import atomic_dir
 from .lora import lora_settings, save_lora
+from .pivotal import learned_vectors, save_embedding
 from .sample import sample_images
 from .saving import save_model
 from .steps import (
@@ -59,10 +62,10 @@ class Validator:
     @torch.no_grad()
     def __call__(self, step: int, run: Trainees) -> None:
         config = self.config
-        self.on_progress(Progress("sampling", step, config.max_train_steps, None, None))
+        self.on_progress(Progress("sampling", step, config.total_steps, None, None))
         with run.evaluated() as (unet, text_encoders):
             samples = self._sample(step, unet, text_encoders)
-            final = step == config.max_train_steps
+            final = step == config.total_steps
             weights_dir = self._keep(step, unet, text_encoders) if config.keep_step_weights and not final else None
         release(self.accelerator.device)
         self.samples += samples
@@ -76,7 +79,7 @@ class Validator:
                 step=step,
                 samples=tuple(samples),
                 weights_dir=weights_dir,
-                weights_format="lora" if config.training_method == "lora" else "diffusers",
+                weights_format=self.weights_format(step),
                 kept_steps=tuple(kept),
                 evaluation=self.evaluation,
             )
@@ -93,18 +96,29 @@ class Validator:
                 config.resolution, config.output_dir / SAMPLES_DIR, step, scheduler=config.validation_scheduler,
             )  # fmt: skip
 
+    def weights_format(self, step: int) -> str:
+        """How a step's weights are kept: "lora" files, "diffusers" model folders, or (pivotal tuning's phase one)
+        the learned "embedding" alone."""
+        if step <= self.config.inversion_steps:
+            return "embedding"
+        return "lora" if self.config.adapter_method == "lora" else "diffusers"
+
     def _keep(self, step: int, unet: torch.nn.Module, text_encoders: tuple) -> Path:
         """Save what training changed at this step: the LoRA files, or the trained models laid out like the
-        pipeline folder."""
-        path = step_dir(self.config.output_dir, step)
+        pipeline folder; with pivotal tuning, the learned embedding too (alone in phase one)."""
+        config, parts, path = self.config, self.parts, step_dir(self.config.output_dir, step)
+        kind = self.weights_format(step)
         with atomic_dir(path) as tmp:
-            if self.config.training_method == "lora":
-                metadata = checkpoint_metadata(self.config, step, self.parts.family.info.name)
-                save_lora(tmp, unet, text_encoders, lora_settings(self.config), self.parts.family, metadata)
-            else:
+            if kind == "lora":
+                metadata = checkpoint_metadata(config, step, parts.family.info.name)
+                save_lora(tmp, unet, text_encoders, lora_settings(config), parts.family, metadata)
+            elif kind == "diffusers":
                 save_model(unet, tmp / "unet")
-                for folder, text_encoder in zip(self.parts.family.info.text_encoders, text_encoders):
+                for folder, text_encoder in zip(parts.family.info.text_encoders, text_encoders):
                     save_model(text_encoder, tmp / folder)
+            if config.training_method == "pivotal":
+                vectors = learned_vectors(parts.tokenizers, text_encoders or parts.text_encoders, config)
+                save_embedding(tmp / EMBEDDING_FILE, vectors, config, step)
         return path
 
 
