@@ -106,23 +106,29 @@ def _read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def memory_refusal(facts: ModelFacts, training_method: str, gpu_memory_gib: float | None) -> str | None:
+def memory_refusal(
+    facts: ModelFacts, training_method: str, gpu_memory_gib: float | None, pivotal_second_phase: str = "full"
+) -> str | None:
     """Why a run of `training_method` on this model cannot fit the workers' GPUs at all; None when it may.
 
     The least memory each family and method needs is formats/families.py's table; without GPU_MEMORY_GIB
-    nothing is refused (the worker's memory planner fits what it can).
+    nothing is refused (the worker's memory planner fits what it can). A pivotal run needs what its second
+    phase needs: textual inversion trains a few embedding rows, far less than either.
     """
-    needed = min_gpu_memory_gib(facts.family_name, training_method)
+    pivotal = training_method == "pivotal"
+    method = pivotal_second_phase if pivotal else training_method
+    needed = min_gpu_memory_gib(facts.family_name, method)
     if gpu_memory_gib is None or gpu_memory_gib >= needed:
         return None
     family = facts.family.title if facts.family else "any Stable Diffusion model"
-    if training_method == "lora":
+    if method == "lora":
         return (
             f"LoRA training of {family} needs about {needed:g} GiB of GPU memory and the workers have "
             f"{gpu_memory_gib:g} GiB (GPU_MEMORY_GIB); choose a smaller base model"
         )
+    remedy = "pivotal_second_phase lora" if pivotal else "training_method lora"
     return (
         f"full fine-tuning of {family} needs about {needed:g} GiB of GPU memory even with 8-bit Adam and "
         f"gradient checkpointing, and the workers have {gpu_memory_gib:g} GiB (GPU_MEMORY_GIB); "
-        "choose training_method lora, which trains small adapters in far less memory"
+        f"choose {remedy}, which trains small adapters in far less memory"
     )

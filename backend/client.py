@@ -364,7 +364,7 @@ def _find_checkpoint(job: dict, checkpoint_format: str, dtype: str, step: int | 
 
 def _default_name(job: dict, checkpoint: dict | None, args: argparse.Namespace) -> str:
     step = checkpoint["step"] if checkpoint else args.step
-    suffix = ".safetensors" if args.format != "diffusers" else ".zip"
+    suffix = {"diffusers": ".zip", "embedding": "-embedding.safetensors"}.get(args.format, ".safetensors")
     at_step = f"-step{step}" if step is not None else ""
     return f"dreambooth-{job['id'][:8]}{at_step}-{args.dtype}{suffix}"
 

@@ -2,12 +2,13 @@
 
 A finished job keeps its single-file checkpoints (sent as they are), its diffusers pipeline folder, and at
 each kept earlier step a weights folder holding only what training changed (its UNet, its text encoder
-when that was trained; LoRA jobs: the LoRA files). Any other download is built here without torch, once
-per (job, step, format, dtype), and kept under DATA_DIR/jobs/<id>/exports/: a `diffusers` zip of the
-pipeline folder (with a step's weights laid over it) with DDIM as its scheduler and its weights in the
-asked dtype; a step's single file, streamed one tensor at a time in its family's original layout;
-a LoRA file in fp16. A lock file per export makes concurrent requests, in threads or processes, build it
-once; the file appears by an atomic rename, so nobody ever sends half of one.
+when that was trained; LoRA jobs: the LoRA files; pivotal jobs: also the learned embedding, which is all a
+textual-inversion step keeps). Any other download is built here without torch, once per (job, step, format,
+dtype), and kept under DATA_DIR/jobs/<id>/exports/: a `diffusers` zip of the pipeline folder (with a step's
+weights laid over it) with DDIM as its scheduler and its weights in the asked dtype; a step's single file,
+streamed one tensor at a time in its family's original layout; a LoRA file or an embedding in fp16. A lock
+file per export makes concurrent requests, in threads or processes, build it once; the file appears by an
+atomic rename, so nobody ever sends half of one.
 """
 
 import errno
@@ -33,16 +34,19 @@ from safetensors import safe_open
 from backend import storage
 from backend.errors import Conflict, NotFound, StorageFailed
 from backend.models import Artifact, Job, JobStatus
+from backend.training_settings import dreambooth_method
 
 # note: the one module of the core the API uses: plain Python, so the exports here and the worker's own
 # single files hold the same names (test_torch_free keeps it that way)
 from formats import single_file as layout
+from formats.embedding import EMBEDDING_FILE, EMBEDDING_FORMAT
 from formats.hub_layout import hub_name
 from formats.lora import LORA_FILES, LORA_FORMATS
 
 log = logging.getLogger(__name__)
 
-Format = Literal["single", "diffusers", "lora", "lora_kohya"]  # note: the LoRA ones are formats.lora.LORA_FORMATS
+# note: the LoRA ones are formats.lora.LORA_FORMATS, embedding is formats.embedding.EMBEDDING_FORMAT
+Format = Literal["single", "diffusers", "lora", "lora_kohya", "embedding"]
 Dtype = Literal["fp16", "fp32"]
 
 # A LoRA job's kept step: its weights folder holds one file per LoRA format.
@@ -102,12 +106,8 @@ def checkpoint_download(job: Job, checkpoint_format: Format, dtype: Dtype, step:
     """What answers GET /api/jobs/{id}/checkpoint; `step` None means the last kept one."""
     if job.status != JobStatus.succeeded:
         raise Conflict(f"the job is {job.status}; checkpoints can be downloaded once it has succeeded")
-    lora = job.settings.get("training_method") == "lora"
-    if checkpoint_format in LORA_FORMATS and not lora:
-        raise NotFound(
-            "this job was trained without LoRA; download format=single (one .safetensors file) "
-            "or format=diffusers (a zip of the pipeline folder) instead"
-        )
+    _check_format(job, checkpoint_format)
+    lora = dreambooth_method(job.settings) == "lora"
     kept = downloadable_steps(job)
     if not kept:
         raise NotFound("this job kept no checkpoint")
@@ -116,6 +116,13 @@ def checkpoint_download(job: Job, checkpoint_format: Format, dtype: Dtype, step:
     step = kept[-1] if step is None else step
     stem = f"{download_stem(job)}-step{step}-{dtype}"
     exports = storage.job_dir(job.id) / "exports"
+    if checkpoint_format == EMBEDDING_FORMAT:
+        return _embedding_file(job, dtype, step, stem, exports)
+    if _find(job, "weights", step, EMBEDDING_FORMAT) is not None:
+        raise NotFound(
+            f"step {step} was in this job's textual-inversion phase, which learns only the new token's embedding; "
+            "download it as format=embedding"
+        )
     if checkpoint_format in LORA_FORMATS:
         return _lora_file(job, checkpoint_format, dtype, step, stem, exports)
     if lora and _find(job, "pipeline", step) is None:
@@ -126,6 +133,31 @@ def checkpoint_download(job: Job, checkpoint_format: Format, dtype: Dtype, step:
     if checkpoint_format == "single":
         return _single_file(job, dtype, step, stem, exports)
     return _diffusers_zip(job, dtype, step, stem, exports)
+
+
+def job_formats(job: Job) -> list[str]:
+    """The download formats a job's training gives: LoRA files when it trained LoRA (alone or as pivotal tuning's
+    second phase), the learned embedding when it was pivotal."""
+    formats = ["single", "diffusers"]
+    if dreambooth_method(job.settings) == "lora":
+        formats += LORA_FORMATS
+    if job.settings.get("training_method") == "pivotal":
+        formats.append(EMBEDDING_FORMAT)
+    return formats
+
+
+def _check_format(job: Job, checkpoint_format: Format) -> None:
+    """A 404 naming the formats the job has, for a format its training does not give."""
+    formats = job_formats(job)
+    if checkpoint_format in formats:
+        return
+    why = (
+        "was trained without LoRA"
+        if checkpoint_format in LORA_FORMATS
+        else "learned no embedding (only training_method pivotal does)"
+    )
+    offered = " or ".join(f"format={name}" for name in formats)
+    raise NotFound(f"this job {why}; download {offered} instead")
 
 
 def downloadable_steps(job: Job) -> list[int]:
@@ -186,14 +218,31 @@ def _lora_file(job: Job, checkpoint_format: Format, dtype: Dtype, step: int, ste
     else:
         raise NotFound(f"this job kept no LoRA weights at step {step}")
     filename = f"{stem}-{checkpoint_format.replace('_', '-')}.safetensors"
-    if dtype == (source.dtype or "fp32"):
-        return Download(path, filename, SAFETENSORS_TYPE)
-    return Download(
-        path=exports / f"step{step}-{checkpoint_format}-{dtype}.safetensors",
-        filename=filename,
-        media_type=SAFETENSORS_TYPE,
-        build=partial(cast_safetensors, path, dtype=dtype),
+    return _in_dtype(
+        path, source.dtype, dtype, filename, exports / f"step{step}-{checkpoint_format}-{dtype}.safetensors"
     )
+
+
+def _embedding_file(job: Job, dtype: Dtype, step: int, stem: str, exports: Path) -> Download:
+    """A pivotal job's learned embedding: the final one, or the file every kept step's weights folder holds
+    (phase one's hold only it; phase two's hold it beside the step's UNet or LoRA files)."""
+    source = _find(job, "checkpoint", step, EMBEDDING_FORMAT)
+    if source is not None:
+        path = storage.resolve(source.path)
+    elif (source := _find(job, "weights", step)) is not None:
+        path = storage.resolve(source.path) / EMBEDDING_FILE
+    else:
+        raise NotFound(f"this job kept no embedding at step {step}")
+    filename = f"{stem}-embedding.safetensors"
+    return _in_dtype(path, source.dtype, dtype, filename, exports / f"step{step}-embedding-{dtype}.safetensors")
+
+
+def _in_dtype(path: Path, stored: str | None, dtype: Dtype, filename: str, export: Path) -> Download:
+    """A small .safetensors file sent as it is stored (fp32 unless the artifact says otherwise), or cast to
+    `dtype` once at `export`."""
+    if dtype == (stored or "fp32"):
+        return Download(path, filename, SAFETENSORS_TYPE)
+    return Download(export, filename, SAFETENSORS_TYPE, build=partial(cast_safetensors, path, dtype=dtype))
 
 
 def _find(job: Job, kind: str, step: int, file_format: str | None = None, dtype: str | None = None) -> Artifact | None:
@@ -279,14 +328,15 @@ def build_diffusers_zip(pipeline_dir: Path, out: Path, dtype: Dtype, folder: str
 def overlaid(pipeline_dir: Path, overlay: Path | None = None) -> dict[str, Path]:
     """The top-level entries of a pipeline folder (model_index.json, unet/, vae/, ...) by name, with a kept
     step's weights folder laid over it: each of its folders (unet/, text_encoder/) stands in for the whole
-    of the pipeline's."""
+    of the pipeline's. Its files are not the pipeline's (a pivotal job's embedding.safetensors downloads on
+    its own)."""
     if not (pipeline_dir / "model_index.json").is_file():
         raise FileNotFoundError(pipeline_dir / "model_index.json")
     entries = {entry.name: entry for entry in pipeline_dir.iterdir()}
     if overlay is not None:
         if not overlay.is_dir():
             raise FileNotFoundError(overlay)
-        entries |= {entry.name: entry for entry in overlay.iterdir()}
+        entries |= {entry.name: entry for entry in overlay.iterdir() if entry.is_dir()}
     return dict(sorted(entries.items()))
 
 

@@ -85,8 +85,13 @@ def markdown_table() -> str:
     rows = ["| setting | default | range | meaning |", "| --- | --- | --- | --- |"]
     for setting in settings_by_group():
         default = "; ".join(filter(None, [default_text(setting), preset_text(setting)]))
-        rows.append(f"| `{setting.name}` | {default} | {_range_cell(setting)} | {setting.help} |")
+        rows.append(f"| `{setting.name}` | {_cell(default)} | {_range_cell(setting)} | {_cell(setting.help)} |")
     return "\n".join(rows)
+
+
+def _cell(text: str) -> str:
+    """Text as a Markdown table shows it: a token such as <sks> would otherwise be read as an HTML tag."""
+    return text.replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _range_cell(setting: SettingOut) -> str:

@@ -8,10 +8,12 @@ preset must fit the model's family, a left-out preset is the family's default, a
 model's own; without that context (the model unknown) the object preset and 512 px are the defaults.
 """
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import annotated_types
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -34,7 +36,24 @@ LrScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine", "c
 
 # The page's groups, in the order it shows them; "Subject" holds what the new-job form asks for first.
 MIN_RESOLUTION, MAX_RESOLUTION = 64, 1024
-GROUPS = ("Subject", "Training", "LoRA", "Photos", "Memory", "Prior preservation", "Samples", "Optimizer", "State")
+GROUPS = (
+    "Subject", "Training", "LoRA", "Pivotal tuning", "Photos", "Memory", "Prior preservation", "Samples", "Optimizer",
+    "State",
+)  # fmt: skip
+
+
+def _one_word(value: str) -> str:
+    if any(character.isspace() for character in value):
+        raise ValueError("must be one word, without spaces")
+    return value
+
+
+# A token of its own: one word (AUTOMATIC1111 and ComfyUI name an embedding's file after it, and call it by that).
+Token = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32), AfterValidator(_one_word)]
+# The page shows a setting when any of these conditions holds (each: {other_field: value, ...}, all of them).
+LORA_TRAINED = [{"training_method": "lora"}, {"training_method": "pivotal", "pivotal_second_phase": "lora"}]
+FULLY_TRAINED = [{"training_method": "full"}, {"training_method": "pivotal", "pivotal_second_phase": "full"}]
+PIVOTAL = {"training_method": "pivotal"}
 
 
 def setting(
@@ -42,12 +61,13 @@ def setting(
     *,
     group: str,
     help: str,
-    shown_when: dict | None = None,
+    shown_when: dict | list[dict] | None = None,
     multiple_of: int | None = None,
     **constraints,
 ) -> Any:
-    """A field with its one-line help and its group on the page (shown_when: {other_field: value}); no default
-    makes it required. `multiple_of` is checked by a validator of the model's own, with a friendlier message."""
+    """A field with its one-line help and its group on the page (shown_when: {other_field: value}, or a list of
+    such of which any may hold); no default makes it required. `multiple_of` is checked by a validator of the
+    model's own, with a friendlier message."""
     extra = {"group": group, "shown_when": shown_when, "multiple_of": multiple_of}
     return Field(default, description=help, json_schema_extra={k: v for k, v in extra.items() if v}, **constraints)
 
@@ -60,8 +80,8 @@ class TrainingSettings(BaseModel):
     # ---------------------------------------------------------------- subject
     preset: PresetName = setting(
         "object", group="Subject",
-        help="Starting values: object or face (SD 1.x and 2.x, from the study), sdxl_object or sdxl_face (SDXL, "
-        "LoRA), or custom (your own); left out: the base model's first",
+        help="Starting values: object, face or face_16gb (SD 1.x and 2.x, from the study), sdxl_object or "
+        "sdxl_face (SDXL, LoRA), or custom (your own); left out: the base model's first",
     )  # fmt: skip
     instance_prompt: Prompt = setting(
         group="Subject", help="Names the subject, e.g. 'a photo of rufus dog'; a natural word works, not only 'sks'"
@@ -70,9 +90,11 @@ class TrainingSettings(BaseModel):
         None, group="Training",
         help="The Stable Diffusion model to fine-tune, from those the server offers; empty: the server's default",
     )  # fmt: skip
-    training_method: Literal["full", "lora"] = setting(
+    training_method: Literal["full", "lora", "pivotal"] = setting(
         "full", group="Training",
-        help="full fine-tunes every weight; lora trains small adapters: far less GPU memory, small files",
+        help="full fine-tunes every weight; lora trains small adapters: far less GPU memory, small files; pivotal "
+        "learns a new token first, then Dreambooth: the study found it beat plain Dreambooth (not text-encoder "
+        "training) and may fit 16 GB",
     )  # fmt: skip
     max_train_steps: int = setting(
         400, group="Training", ge=1, le=20_000,
@@ -95,16 +117,43 @@ class TrainingSettings(BaseModel):
 
     # ---------------------------------------------------------------- LoRA
     lora_rank: int = setting(
-        4, group="LoRA", shown_when={"training_method": "lora"}, ge=1, le=256,
+        4, group="LoRA", shown_when=LORA_TRAINED, ge=1, le=256,
         help="Adapter rank: larger learns more detail, and the file grows",
     )  # fmt: skip
     lora_alpha: float | None = setting(
-        None, group="LoRA", shown_when={"training_method": "lora"}, gt=0, le=1024,
+        None, group="LoRA", shown_when=LORA_TRAINED, gt=0, le=1024,
         help="Scales the adapters' update by alpha / rank; empty: the rank",
     )  # fmt: skip
     lora_dropout: float = setting(
-        0.0, group="LoRA", shown_when={"training_method": "lora"}, ge=0, lt=1,
+        0.0, group="LoRA", shown_when=LORA_TRAINED, ge=0, lt=1,
         help="Dropout on the adapters' input; 0 turns it off",
+    )  # fmt: skip
+
+    # ---------------------------------------------------------------- pivotal tuning (the study's finding 8)
+    pivotal_second_phase: Literal["full", "lora"] = setting(
+        "full", group="Pivotal tuning", shown_when=PIVOTAL,
+        help="What the Dreambooth phase trains after textual inversion: full (the study's) or lora",
+    )  # fmt: skip
+    # note: after instance_prompt and training_method, so that its validator sees both; the default is checked too
+    placeholder_token: Token = setting(
+        "<sks>", group="Pivotal tuning", shown_when=PIVOTAL, validate_default=True,
+        help="The new token the instance prompt names the subject with, e.g. 'a photo of <sks> dog'; one new word",
+    )  # fmt: skip
+    num_vectors: int = setting(
+        1, group="Pivotal tuning", shown_when=PIVOTAL, ge=1, le=16,
+        help="Embedding vectors the token stands for; more learn more detail (extra tokens <sks>_1, ...)",
+    )  # fmt: skip
+    initializer_token: Token | None = setting(
+        None, group="Pivotal tuning", shown_when=PIVOTAL,
+        help="A one-token word the new vectors start from; empty: the class noun (the word after the token)",
+    )  # fmt: skip
+    textual_inversion_steps: int = setting(
+        2000, group="Pivotal tuning", shown_when=PIVOTAL, ge=1, le=20_000,
+        help="Steps of textual inversion before Dreambooth's max_train_steps (the study: 2000, then 500)",
+    )  # fmt: skip
+    textual_inversion_lr: float = setting(
+        5e-4, group="Pivotal tuning", shown_when=PIVOTAL, gt=0, le=1e-2,
+        help="Textual inversion's learning rate; learning_rate is the Dreambooth phase's",
     )  # fmt: skip
 
     # ---------------------------------------------------------------- photos
@@ -197,7 +246,7 @@ class TrainingSettings(BaseModel):
     max_grad_norm: float = setting(1.0, group="Optimizer", gt=0, le=100, help="Gradient clipping threshold")
     # note: the validator below refuses it with LoRA, so the page shows it only for full fine-tuning
     use_ema: bool = setting(
-        False, group="Optimizer", shown_when={"training_method": "full"},
+        False, group="Optimizer", shown_when=FULLY_TRAINED,
         help="Export an exponential moving average of the UNet (the study: no visible gain)",
     )  # fmt: skip
     snr_gamma: float | None = setting(
@@ -248,9 +297,23 @@ class TrainingSettings(BaseModel):
     @field_validator("use_ema")
     @classmethod
     def _no_ema_with_lora(cls, value: bool, info: ValidationInfo) -> bool:
-        # note: training_method is declared (so validated) earlier
-        if value and info.data.get("training_method") == "lora":
-            raise ValueError("cannot be combined with training_method lora; turn use_ema off")
+        # note: training_method and pivotal_second_phase are declared (so validated) earlier
+        if value and dreambooth_method(info.data) == "lora":
+            pivotal = info.data.get("training_method") == "pivotal"
+            refused = "training_method pivotal and pivotal_second_phase lora" if pivotal else "training_method lora"
+            raise ValueError(f"cannot be combined with {refused}; turn use_ema off")
+        return value
+
+    @field_validator("placeholder_token")
+    @classmethod
+    def _placeholder_in_instance_prompt(cls, value: str, info: ValidationInfo) -> str:
+        """The worker teaches the token through the instance prompt, so a pivotal job's prompt must hold it."""
+        prompt = info.data.get("instance_prompt")
+        if info.data.get("training_method") == "pivotal" and prompt is not None and value not in prompt:
+            raise ValueError(
+                f"the instance_prompt must name the subject with {value!r} when training_method is pivotal, "
+                f"e.g. 'a photo of {value} dog' (or set placeholder_token to a word of the prompt's)"
+            )
         return value
 
     @field_validator("class_prompt")
@@ -259,6 +322,12 @@ class TrainingSettings(BaseModel):
         if info.data.get("with_prior_preservation") and not value:
             raise ValueError("required when with_prior_preservation is on")
         return value
+
+
+def dreambooth_method(settings: Mapping[str, Any]) -> str:
+    """What a job's Dreambooth steps train, "full" or "lora": for a pivotal job, its second phase."""
+    method = settings.get("training_method", "full")
+    return settings.get("pivotal_second_phase", "full") if method == "pivotal" else method
 
 
 def model_context(base_model: str, family: str | None, resolution: int | None) -> dict:
@@ -292,7 +361,8 @@ class SettingOut(BaseModel):
     max_length: int | None  # characters, of a string or of each item of a list
     help: str
     group: str
-    shown_when: dict[str, Any] | None  # the page shows it only when these settings have these values
+    # the page shows it only when these settings have these values (a list: when any of its conditions holds)
+    shown_when: dict[str, Any] | list[dict[str, Any]] | None
 
 
 class SettingsOut(BaseModel):

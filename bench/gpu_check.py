@@ -19,7 +19,9 @@ itself; the run stops starting sections when its budget is spent:
 6. training speed: bench.train_speed, ours against the reference loop (fp16, batch 1, 512 px);
 7. SDXL memory: bench.sdxl_memory on SDXL's real size (builtin:full-sdxl) at 1024 px: LoRA rank 32 with
    checkpointing, and full UNet fine-tuning with 8-bit Adam and checkpointing (peak memory);
-8. SDXL speed: bench.sdxl_memory, LoRA rank 32 without checkpointing (steps per second).
+8. SDXL speed: bench.sdxl_memory, LoRA rank 32 without checkpointing (steps per second);
+9. pivotal memory: bench.pivotal_memory, pivotal tuning against Dreambooth with the text encoder (8-bit Adam,
+   fp16, checkpointing, batch 1, 512 px): the study's claim that it fits a 16 GB card.
 
 It writes $OUT/gpu-check.json (every measurement), $OUT/gpu-check.md (the tables for bench/RESULTS.md),
 $OUT/gpu-check.log (each section's output) and $OUT/gpu-tests.xml (the tests' JUnit report), after every
@@ -82,6 +84,7 @@ GOALS = {
     "speed_up": 1.6,  # ours against the reference loop at the same settings
     "sdxl_lora_gb": 10,  # SDXL, 1024 px, batch 1, fp16, LoRA rank 32, cached latents and embeddings, checkpointing
     "sdxl_lora_steps_per_s": 3,  # the same without checkpointing, on an H100
+    "pivotal_gb": 16,  # pivotal tuning with the study's 16 GB savers (STUDY.md finding 8)
 }
 SDXL_MEMORY_CONFIGS = ("LoRA r32, checkpointing", "full UNet, 8-bit Adam, checkpointing")
 SDXL_SPEED_CONFIGS = ("LoRA r32",)
@@ -135,6 +138,7 @@ SECTIONS = [
     # note: SDXL makes its own model (bench.sdxl_memory): a few minutes of writing 14 GB on the first run
     Section("sdxl memory", lambda run, limit: section_sdxl(run, limit, SDXL_MEMORY_CONFIGS), 420, 120, False),
     Section("sdxl speed", lambda run, limit: section_sdxl(run, limit, SDXL_SPEED_CONFIGS), 180, 60, False, True),
+    Section("pivotal memory", lambda run, limit: section_pivotal(run, limit), 200, 40),
 ]
 
 
@@ -433,6 +437,13 @@ def section_sdxl(run: Run, limit_s: float, configurations: tuple[str, ...]) -> d
     return {"configurations": measured}
 
 
+def section_pivotal(run: Run, limit_s: float) -> dict:
+    arguments = [*run.model_arguments(), "--steps", "2"]
+    measured, table = run.bench("bench.pivotal_memory", arguments, limit_s)
+    run.tables["pivotal memory"] = table
+    return {"configurations": measured}
+
+
 # ---------------------------------------------------------------------- the memory planner on an emulated card
 
 
@@ -598,6 +609,15 @@ def summary(results: dict) -> list[dict]:
     if "full UNet, 8-bit Adam, checkpointing" in sdxl:
         peak = sdxl["full UNet, 8-bit Adam, checkpointing"]["peak_mb"] * 2**20
         add("SDXL full UNet, 1024 px, 8-bit Adam, fp16, checkpointing: peak GB", round(peak / GB, 2), "-", None)
+    pivotal = sections.get("pivotal memory", {}).get("configurations", {})
+    if "pivotal" in pivotal:
+        peak = pivotal["pivotal"]["peak_mb"] * 2**20
+        add(
+            "pivotal tuning (inversion, then full UNet), 8-bit Adam + fp16 + checkpointing: peak GB",
+            round(peak / GB, 2),
+            f"under {GOALS['pivotal_gb']} GB",
+            peak < GOALS["pivotal_gb"] * GB,
+        )
     for card, measured in sections.get("memory planner", {}).get("cards", {}).items():
         outcomes = [job["outcome"] for job in measured["jobs"]]
         met = (

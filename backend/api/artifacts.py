@@ -33,8 +33,8 @@ def download_checkpoint(
 ) -> Response:
     """The trained model at its last or a kept earlier step: `single` is one .safetensors file in the original
     Stable Diffusion layout, `diffusers` a zip of the pipeline folder (DDIM scheduler), `lora` and `lora_kohya`
-    a LoRA job's adapter file (diffusers' or kohya's layout); what the job did not keep as such is built on
-    the first request and then kept."""
+    a LoRA job's adapter file (diffusers' or kohya's layout), `embedding` a pivotal job's learned token
+    (AUTOMATIC1111's layout); what the job did not keep as such is built on the first request and then kept."""
     download = exports.checkpoint_download(jobs.get_job(session, user, job_id), checkpoint_format, dtype, step)
     # note: building and sending take minutes for a real model; hold no database connection meanwhile
     session.close()

@@ -25,7 +25,8 @@ def parse_training_settings(raw: str) -> tuple[dict, ModelFacts]:
     except ValidationError as exc:
         error = exc.errors()[0]
         raise invalid_field(("settings", *error["loc"]), error["msg"]) from None
-    if refusal := memory_refusal(facts, training.training_method, get_settings().gpu_memory_gib):
+    gpu_memory_gib = get_settings().gpu_memory_gib
+    if refusal := memory_refusal(facts, training.training_method, gpu_memory_gib, training.pivotal_second_phase):
         raise InvalidInput(f"settings.training_method: {refusal}", "settings.training_method")
     return training.model_dump(mode="json"), facts
 

@@ -2,7 +2,7 @@
 // Small helpers every view uses: views and parts cloned from index.html's templates, elements with
 // text (API and user strings reach the page through textContent only), status badges, progress bars.
 
-import { phaseText } from "./format.js";
+import { phaseText, stepsText } from "./format.js";
 
 /**
  * A template's elements by their data-slot names, camel-cased ("upload-bar" -> uploadBar).
@@ -77,7 +77,7 @@ export function setProgress(/** @type {HTMLProgressElement} */ bar, /** @type {i
   }
   bar.max = total || 1;
   bar.value = job.status === "succeeded" ? bar.max : step;
-  bar.setAttribute("aria-valuetext", total ? `step ${step} of ${total}` : phaseText(job));
+  bar.setAttribute("aria-valuetext", total ? stepsText(job) : phaseText(job));
 }
 
 /** Wait `ms`, or reject with an AbortError as soon as `signal` aborts (the view was left). */

@@ -4,6 +4,7 @@
 const PHASES = {
   preparing: "Preparing",
   generating_class_images: "Generating class images",
+  inversion: "Textual inversion",
   training: "Training",
   sampling: "Making samples",
   exporting: "Exporting the checkpoint",
@@ -52,9 +53,25 @@ export function phaseText(job) {
 
 /** @param {import("./job-data.js").Job} job */
 export function progressText(job) {
-  const { step, total_steps: total, loss, eta_seconds: eta } = job.progress;
-  const parts = total ? [`step ${step} of ${total}`] : [];
+  const { total_steps: total, loss, eta_seconds: eta } = job.progress;
+  const parts = total ? [stepsText(job)] : [];
   if (loss !== null) parts.push(`loss ${loss.toFixed(4)}`);
   if (job.status === "running" && eta !== null) parts.push(`about ${formatDuration(eta)} left`);
   return parts.join(" · ");
+}
+
+/**
+ * "step 40 of 400". A pivotal job counts within its phase, which its settings tell apart: "Textual inversion:
+ * step 120 of 2000", then "Dreambooth: step 40 of 500" (its steps run on across both).
+ * @param {import("./job-data.js").Job} job
+ */
+export function stepsText(job) {
+  const { step, total_steps: total } = job.progress;
+  const inversion = job.settings.training_method === "pivotal" ? Number(job.settings.textual_inversion_steps) || 0 : 0;
+  if (!inversion || inversion >= total) return `step ${step} of ${total}`;
+  // note: samples and a resumed run's preparing happen between steps, so outside both phases the step tells
+  if (job.phase === "inversion" || (job.phase !== "training" && step <= inversion)) {
+    return `Textual inversion: step ${step} of ${inversion}`;
+  }
+  return `Dreambooth: step ${Math.max(0, step - inversion)} of ${total - inversion}`;
 }

@@ -23,7 +23,7 @@ const TOKEN_KEY = "dreambooth-studio.token";
  * @property {number | null} [max_length]
  * @property {string} help
  * @property {string} [group]
- * @property {Record<string, any> | null} [shown_when]
+ * @property {Record<string, any> | Record<string, any>[] | null} [shown_when] a list: any of its conditions
  * @property {string} [label] a plain-words label; without one the setting's name is the label
  */
 

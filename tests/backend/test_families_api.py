@@ -16,9 +16,9 @@ from backend.settings import get_settings
 from formats.families import SDXL_FULL_FINETUNE_MIN_GIB, min_gpu_memory_gib
 from tests.backend.conftest import DOG
 
-SD_PRESETS = ["object", "face", "custom"]
+SD_PRESETS = ["object", "face", "face_16gb", "custom"]
 SDXL_PRESETS = ["sdxl_object", "sdxl_face", "custom"]
-ALL_PRESETS = ["object", "face", "sdxl_object", "sdxl_face", "custom"]
+ALL_PRESETS = ["object", "face", "face_16gb", "sdxl_object", "sdxl_face", "custom"]
 CLIP_TEXT = ["transformers", "CLIPTextModel"]
 
 

@@ -51,8 +51,13 @@ def test_training_settings_describe_every_field_with_its_range_default_and_help(
     assert settings["validation_prompts"] | {"help": ""} == settings["validation_prompts"] | {
         "type": "list", "default": [], "max_items": 8, "help": "",
     }  # fmt: skip
-    assert settings["lora_rank"]["shown_when"] == {"training_method": "lora"}
-    assert settings["use_ema"]["shown_when"] == {"training_method": "full"}  # the pair is refused
+    # note: LoRA and EMA as such, or as pivotal tuning's second phase
+    assert settings["lora_rank"]["shown_when"] == [
+        {"training_method": "lora"}, {"training_method": "pivotal", "pivotal_second_phase": "lora"},
+    ]  # fmt: skip
+    assert settings["use_ema"]["shown_when"] == [
+        {"training_method": "full"}, {"training_method": "pivotal", "pivotal_second_phase": "full"},
+    ]  # the pair with LoRA is refused  # fmt: skip
     assert settings["instance_prompt"]["max_length"] == settings["class_prompt"]["max_length"] == 500
     assert settings["validation_prompts"]["max_length"] == 500  # each prompt
     assert settings["max_train_steps"]["max_length"] is None

@@ -17,6 +17,7 @@ SECTIONS = [
     "training speed, all savers",
     "sdxl memory",
     "sdxl speed",
+    "pivotal memory",
 ]
 
 
@@ -55,7 +56,7 @@ def test_the_dry_run_brings_back_every_section_and_figure(tmp_path: Path):
     assert sections["memory planner"]["cards"]["12 GB"]["jobs"][2]["exports"] == ["fp16", "fp32"]
 
     figures = [line["figure"] for line in results["summary"]]
-    assert len(figures) == 11 and all(line["measured"] is not None for line in results["summary"][:9])
+    assert len(figures) == 12 and all(line["measured"] is not None for line in results["summary"][:10])
     assert [line["met"] is None for line in results["summary"]].count(True) == 1  # SDXL full: no goal
     assert any(figure.startswith("SDXL LoRA rank 32") for figure in figures)
     markdown = (out / "gpu-check.md").read_text()
@@ -66,6 +67,7 @@ def test_the_dry_run_brings_back_every_section_and_figure(tmp_path: Path):
         "### memory planner",
         "### training speed, rows 0",
         "### sdxl",
+        "### pivotal memory",
     ):
         assert table in markdown
 

@@ -49,7 +49,7 @@ def test_choosing_an_sdxl_model_switches_the_presets_the_resolution_and_shows_wh
     cards = page.get_by_role("radiogroup", name="Preset")
 
     expect(page.locator("#presets-for")).to_have_text("Presets for builtin:tiny: Stable Diffusion 1.x, 64 px.")
-    expect(cards.locator(".preset-title")).to_have_text(["Object", "Face", "Custom"])
+    expect(cards.locator(".preset-title")).to_have_text(["Object", "Face", "Face on 16 GB (pivotal)", "Custom"])
     expect(cards.get_by_role("radio", name="Object")).to_be_checked()
     expect(cards.locator(".preset-reason").first).to_contain_text("Dreambooth study")
     expect(page.locator("#family-base_model")).to_have_text("Stable Diffusion 1.x, 64 px")
@@ -73,7 +73,7 @@ def test_choosing_an_sdxl_model_switches_the_presets_the_resolution_and_shows_wh
     screenshot(page, "new-job-sdxl-presets")
 
     page.get_by_label("base_model").select_option("builtin:tiny")
-    expect(cards.locator(".preset-title")).to_have_text(["Object", "Face", "Custom"])
+    expect(cards.locator(".preset-title")).to_have_text(["Object", "Face", "Face on 16 GB (pivotal)", "Custom"])
     expect(cards.get_by_role("radio", name="Object")).to_be_checked()
     expect(page.get_by_label("resolution")).to_have_value("64")
     expect(page.get_by_label("learning_rate")).to_have_value("2e-6")

@@ -60,7 +60,7 @@ def test_face_job_from_photos_to_checkpoint(open_page, stack, user_factory, trai
     page.locator("#photo-input").set_input_files(as_upload(photo_files(4)))
     expect(page.locator(".thumb")).to_have_count(4)
     expect(page.locator(".thumb").first).to_contain_text("96×80 → 64×64")
-    page.get_by_role("radio", name=re.compile("^Face")).check()
+    page.get_by_role("radio", name=re.compile("^Face People")).check()
     expect(page.get_by_label("Class prompt")).to_have_value("a photo of a person")
     page.get_by_label("Instance prompt").fill("a photo of maria person")
     page.get_by_text("Advanced settings").click()

@@ -35,7 +35,7 @@ def test_fields_take_their_range_help_default_and_group_from_the_server(open_pag
     settings["adam_beta2"] |= {"help": "The second moment's decay, from the server"}
     settings["mixed_precision"] |= {"choices": ["bf16", "fp16"], "default": "bf16"}
     groups = ["Subject", "Samples", "Training", "LoRA", "Memory", "Photos", "Prior preservation", "Optimizer", "State"]
-    assert set(groups) == set(description["groups"])
+    assert set(groups) | {"Pivotal tuning"} == set(description["groups"])  # note: left out, its fields are not built
     page = open_page(token)
     page.route(
         "**/api/training-settings",
@@ -70,7 +70,7 @@ def test_the_real_description_reaches_every_field(open_page, stack, user_factory
     for name, setting in settings.items():
         if name == "preset":  # the preset cards, from GET /api/presets
             expect(page.locator("#f-preset")).to_have_count(0)
-            expect(page.get_by_role("radiogroup", name="Preset").get_by_role("radio")).to_have_count(3)
+            expect(page.get_by_role("radiogroup", name="Preset").get_by_role("radio")).to_have_count(4)
             continue
         expect(page.locator(f"#help-{name}")).to_contain_text(setting["help"])
     expect(page.locator("#help-learning_rate")).to_contain_text("(above 0, up to 0.001)")

@@ -31,7 +31,7 @@ def test_help_shows_every_setting_with_its_help_and_default_by_group(command, ca
         assert f"\n{group}:\n" in text
     assert (
         "--max-train-steps N   Optimizer steps; Dreambooth overfits fast: start low, add steps until the samples "
-        "satisfy (default: 400; face preset: 1200, sdxl_object/sdxl_face presets: 500; range 1-20000)"
+        "satisfy (default: 400; face preset: 1200, face_16gb/sdxl_object/sdxl_face presets: 500; range 1-20000)"
     ) in text
     assert "--with-prior-preservation, --no-with-prior-preservation" in text
     assert "--mixed-precision {no,fp16,bf16}" in text
@@ -129,3 +129,22 @@ def test_the_command_line_loads_no_ml_stack_until_it_trains(tmp_path):
         "assert not {'torch', 'diffusers', 'transformers'} & loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_pivotal_settings_are_flags_and_the_embedding_a_download_format():
+    from backend.client import _default_name
+
+    flags = ["--instance-prompt", "a photo of <sks> dog", "--training-method", "pivotal", "--num-vectors", "2"]
+    flags += ["--pivotal-second-phase", "lora", "--textual-inversion-steps", "300", "--placeholder-token", "<sks>"]
+    assert settings_from_flags(build_parser().parse_args(["submit", "dog.jpg", *flags])) == {
+        "instance_prompt": "a photo of <sks> dog",
+        "training_method": "pivotal",
+        "num_vectors": 2,
+        "pivotal_second_phase": "lora",
+        "textual_inversion_steps": 300,
+        "placeholder_token": "<sks>",
+    }
+    args = build_parser().parse_args(["download", "JOB", "--format", "embedding", "--dtype", "fp32"])
+    assert args.format == "embedding"
+    job = {"id": "5a3c1d52-0000-4000-8000-000000000001"}
+    assert _default_name(job, {"step": 2500}, args) == "dreambooth-5a3c1d52-step2500-fp32-embedding.safetensors"

@@ -1,6 +1,7 @@
 // @ts-check
-// The job page's downloads: the weights at the chosen step as one file, a diffusers zip or LoRA
-// adapters, fetched with the token (showing progress) and saved from an object URL.
+// The job page's downloads: the weights at the chosen step as one file, a diffusers zip, LoRA
+// adapters or a pivotal job's learned token, fetched with the token (showing progress) and saved
+// from an object URL.
 
 import { request } from "../api.js";
 import { alertError, element } from "../dom.js";
@@ -10,7 +11,10 @@ import { jobSteps, keptSteps, stepText } from "../job-data.js";
 /** @typedef {import("./job.js").JobPage} JobPage */
 /** @typedef {{format: string, dtype: string, text: string, name?: string}} Download */
 
-/** @type {{title: string, help: string, lora?: boolean, options: Download[]}[]} */
+/**
+ * Each group names the training it needs, if any: `lora` (LoRA, or pivotal tuning's LoRA second phase), `pivotal`.
+ * @type {{title: string, help: string, needs?: "lora" | "pivotal", options: Download[]}[]}
+ */
 const DOWNLOADS = [
   {
     title: "Single file",
@@ -24,19 +28,46 @@ const DOWNLOADS = [
   },
   {
     title: "LoRA",
-    lora: true,
+    needs: "lora",
     help: "The small adapters alone, to load over the base model: diffusers' load_lora_weights, or the kohya format for AUTOMATIC1111 and ComfyUI.",
     options: [
       { format: "lora", dtype: "fp16", text: "diffusers", name: "LoRA (diffusers)" },
       { format: "lora_kohya", dtype: "fp16", text: "kohya / A1111 / ComfyUI", name: "LoRA (kohya / A1111 / ComfyUI)" },
     ],
   },
+  {
+    title: "Embedding",
+    needs: "pivotal",
+    help: "The learned token alone (textual inversion), fp32, for the base model with the LoRA or on its own; the single file and the diffusers zip already hold it.",
+    options: [{ format: "embedding", dtype: "fp32", text: "safetensors", name: "embedding" }],
+  },
 ];
+
+/** What the job's training gives beyond the model: LoRA files, and the learned token of pivotal tuning. */
+function trainedWith(/** @type {Job} */ job) {
+  const { training_method: method, pivotal_second_phase: second } = job.settings;
+  return { lora: method === "lora" || (method === "pivotal" && second === "lora"), pivotal: method === "pivotal" };
+}
+
+/** How each tool loads the embedding: AUTOMATIC1111 and ComfyUI call it by its file's name. */
+function embeddingUse(/** @type {Job} */ job) {
+  const token = job.settings.placeholder_token;
+  return [
+    "AUTOMATIC1111: put it in embeddings/; the file's name is the trigger word, so rename it (ana.safetensors, then prompt “a photo of ana person”).",
+    "ComfyUI: put it in models/embeddings/ and write embedding:NAME in the prompt, NAME being the file's name.",
+    `diffusers: pipe.load_textual_inversion(path, token="${token}"), then prompt with ${token}; SDXL: its clip_l and clip_g tensors into text_encoder and text_encoder_2.`,
+  ];
+}
+
+/** Whether `step` was in pivotal tuning's textual-inversion phase: its weights are the embedding alone. */
+function inversionStep(/** @type {Job} */ job, /** @type {number} */ step) {
+  return job.artifacts.some((artifact) => artifact.kind === "weights" && artifact.step === step && artifact.format === "embedding");
+}
 
 export function renderDownloads(/** @type {JobPage} */ page, /** @type {Job} */ job) {
   const kept = keptSteps(job);
-  const lora = job.settings.training_method === "lora";
-  const key = [job.status, kept.join(","), lora].join("|");
+  const trained = trainedWith(job);
+  const key = [job.status, kept.join(","), trained.lora, trained.pivotal].join("|");
   if (key === page.downloadsKey) return;
   page.downloadsKey = key;
   page.downloadParts = null;
@@ -50,7 +81,7 @@ export function renderDownloads(/** @type {JobPage} */ page, /** @type {Job} */ 
   const list = element("ul", "", "downloads");
   /** @type {HTMLButtonElement[]} */
   const buttons = [];
-  for (const group of DOWNLOADS.filter((candidate) => lora || !candidate.lora)) {
+  for (const group of DOWNLOADS.filter((candidate) => !candidate.needs || trained[candidate.needs])) {
     const item = document.createElement("li");
     const row = element("div", "", "download-buttons");
     row.append(element("span", group.title, "download-title"));
@@ -59,11 +90,17 @@ export function renderDownloads(/** @type {JobPage} */ page, /** @type {Job} */ 
       const button = element("button", option.text, "button-primary");
       button.type = "button";
       button.setAttribute("aria-label", `Download ${option.name || `${group.title.toLowerCase()} ${option.text}`}`);
+      button.dataset.format = option.format;
       button.addEventListener("click", () => downloadWeights(page, option, button, bar));
       buttons.push(button);
       row.append(button);
     }
     item.append(row, element("p", group.help, "help"), bar);
+    if (group.needs === "pivotal") {
+      const uses = element("ul", "", "help embedding-use");
+      uses.append(...embeddingUse(job).map((line) => element("li", line)));
+      item.append(uses);
+    }
     list.append(item);
   }
   page.downloadParts = { heading, missing, buttons };
@@ -76,11 +113,17 @@ export function showDownloadStep(/** @type {JobPage} */ page) {
   if (!parts || step === null) return;
   const kept = keptSteps(page.job);
   const isKept = kept.includes(step);
+  const embeddingOnly = isKept && inversionStep(page.job, step);
   parts.heading.textContent = `Weights at ${stepText(page.job, step).toLowerCase()}`;
   if (jobSteps(page.job).length > 1) parts.heading.append(element("span", " · choose another with the Training step slider under Samples", "muted"));
-  parts.missing.textContent = isKept ? "" : `No weights were kept at step ${step}; kept steps: ${kept.join(", ")}.`;
-  parts.missing.hidden = isKept;
-  for (const button of parts.buttons) button.disabled = !isKept || button.dataset.busy === "true";
+  parts.missing.textContent = !isKept
+    ? `No weights were kept at step ${step}; kept steps: ${kept.join(", ")}.`
+    : embeddingOnly ? `Step ${step} was in the textual-inversion phase, which learns only the token: its download is the embedding.` : "";
+  parts.missing.hidden = !parts.missing.textContent;
+  for (const button of parts.buttons) {
+    const offered = isKept && (!embeddingOnly || button.dataset.format === "embedding");
+    button.disabled = !offered || button.dataset.busy === "true";
+  }
 }
 
 async function downloadWeights(

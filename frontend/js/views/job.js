@@ -90,10 +90,17 @@ function jobMeta(/** @type {Job} */ job) {
   const { settings } = job;
   const parts = [`Submitted ${formatTime(job.created_at)}`, `${job.photo_count} photos`, `preset ${settings.preset}`, settings.base_model];
   if (settings.training_method === "lora") parts.push(settings.lora_rank ? `LoRA rank ${settings.lora_rank}` : "LoRA");
+  if (settings.training_method === "pivotal") parts.push(pivotalText(settings));
   const memory = memoryText(job.memory_plan);
   if (memory) parts.push(memory);
   if (job.finished_at) parts.push(`finished ${formatTime(job.finished_at)}`);
   return parts.join(" · ");
+}
+
+/** "pivotal: <sks>, then full Dreambooth" (or "then LoRA rank 4"). */
+function pivotalText(/** @type {Record<string, any>} */ settings) {
+  const second = settings.pivotal_second_phase === "lora" ? `LoRA rank ${settings.lora_rank}` : "full Dreambooth";
+  return `pivotal: ${settings.placeholder_token}, then ${second}`;
 }
 
 /** @type {Record<string, (value: any) => string>} */

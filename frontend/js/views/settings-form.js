@@ -2,7 +2,8 @@
 // The new job's settings as the server describes them (GET /api/training-settings). The Subject
 // group's settings are the form's main fields (index.html); every other group is a fieldset under
 // "Advanced settings", in the server's order, the expert ones in a disclosure of their own. A setting
-// with `shown_when` shows (and is sent) only while the settings it names have those values.
+// with `shown_when` shows (and is sent) only while the settings it names have those values (given a list
+// of such conditions: while any of them holds).
 
 import { element } from "../dom.js";
 import { buildField, helpText, readField, writeField } from "../fields.js";
@@ -120,12 +121,13 @@ export function readSettings(/** @type {HTMLFormElement} */ form) {
   return settings;
 }
 
-/** Whether the settings `shown_when` names have the values it asks for. */
+/** Whether the settings `shown_when` names have the values it asks for (for a list: those of any one). */
 function applies(/** @type {HTMLFormElement} */ form, /** @type {Setting} */ setting) {
-  return Object.entries(setting.shown_when || {}).every(([name, wanted]) => {
+  const conditions = Array.isArray(setting.shown_when) ? setting.shown_when : [setting.shown_when || {}];
+  return conditions.some((condition) => Object.entries(condition).every(([name, wanted]) => {
     const control = controlOf(form, name);
     return Boolean(control) && readField(/** @type {any} */ (control), pageSetting(settingNamed(name))) === wanted;
-  });
+  }));
 }
 
 /** Show the fields that apply, and the groups with any field shown. */
