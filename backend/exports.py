@@ -188,8 +188,16 @@ def _single_file(job: Job, dtype: Dtype, step: int, stem: str, exports: Path) ->
             storage.resolve(final.path),
             step=step,
             dtype=dtype,
+            added_tokens=_added_tokens(job),
         ),
     )
+
+
+def _added_tokens(job: Job) -> int:
+    """The tokens the job added to its base model's vocabulary (pivotal tuning's), which single files leave out."""
+    if job.settings.get("training_method") != "pivotal":
+        return 0
+    return int(job.settings.get("num_vectors") or 1)
 
 
 def _diffusers_zip(job: Job, dtype: Dtype, step: int, stem: str, exports: Path) -> Download:
@@ -346,7 +354,12 @@ def ddim_scheduler_config(config: dict) -> dict:
 
 
 def build_single_file(
-    pipeline_dir: Path, out: Path, dtype: Dtype, metadata: dict[str, str], overlay: Path | None = None
+    pipeline_dir: Path,
+    out: Path,
+    dtype: Dtype,
+    metadata: dict[str, str],
+    overlay: Path | None = None,
+    added_tokens: int = 0,
 ) -> None:
     """Write a pipeline's UNet, VAE and text encoders (a kept step's weights laid over them) as one .safetensors
     file in its family's original layout: the names, shapes, types and bytes the worker's export_single_file
@@ -362,7 +375,7 @@ def build_single_file(
                 weights = stack.enter_context(safe_open(path, framework="numpy"))
                 files[component] |= dict.fromkeys(weights.keys(), weights)
         configs = {component: _read_json(entries[component] / "config.json") for component in layout.IMAGE_COMPONENTS}
-        sources = layout.original_layout(family, files, configs)
+        sources = layout.original_layout(family, files, configs, added_tokens)
         tensors = [_streamed(name, source, files, dtype) for name, source in sources.items()]
         with out.open("wb") as target:
             write_tensors(target, tensors, metadata)
@@ -381,15 +394,23 @@ def _read(source: layout.Source, files: dict[str, dict]) -> np.ndarray:
     """A Source's values: its reads, concatenated along dim 0 when several (q, k, v), transposed if it says so."""
     values = [files[component][key].get_tensor(key) for component, key in source.reads]
     value = np.concatenate(values) if len(values) > 1 else values[0]
+    if source.dropped_rows:
+        return value[: value.shape[0] - source.dropped_rows]
     return value.T if source.transform == layout.TRANSPOSE else value
 
 
 def _build_step_single_file(
-    pipeline_dir: Path, weights_dir: Path, final_checkpoint: Path, out: Path, step: int, dtype: Dtype
+    pipeline_dir: Path,
+    weights_dir: Path,
+    final_checkpoint: Path,
+    out: Path,
+    step: int,
+    dtype: Dtype,
+    added_tokens: int = 0,
 ) -> None:
     with safe_open(final_checkpoint, framework="numpy") as final:
         metadata = layout.metadata_at_step(final.metadata() or {}, step)
-    build_single_file(pipeline_dir, out, dtype, metadata, overlay=weights_dir)
+    build_single_file(pipeline_dir, out, dtype, metadata, overlay=weights_dir, added_tokens=added_tokens)
 
 
 def cast_safetensors(source: Path, out: Path, dtype: Dtype) -> None:

@@ -10,6 +10,7 @@ Plain Python on purpose (no torch, no numpy): the worker renames whole state dic
 (backend/exports.py). Both go through `original_layout`, so their files hold the same names and bytes.
 """
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,6 +20,7 @@ from pathlib import Path
 from formats.families import FamilyInfo, detect_family
 
 UNET_PREFIX = "model.diffusion_model."
+TOKEN_EMBEDDING = "embeddings.token_embedding.weight"  # a CLIP text encoder's, as diffusers names it
 VAE_PREFIX = "first_stage_model."
 IMAGE_COMPONENTS = ("unet", "vae")  # a single file's components besides the family's text encoders
 
@@ -34,10 +36,13 @@ class Source:
 
     reads: tuple[tuple[str, str], ...]  # (component, diffusers name); several are concatenated along dim 0
     transform: str | None = None  # None, CONV_1X1, TRANSPOSE or POSITIONS
+    dropped_rows: int = 0  # rows left out at the end of dim 0 (a byte prefix): tokens added by pivotal tuning
 
     def shape(self, shapes: Sequence[Sequence[int]]) -> tuple[int, ...]:
         """The tensor's shape in the file, given the shapes of what it reads."""
         first = tuple(shapes[0])
+        if self.dropped_rows:
+            return (first[0] - self.dropped_rows, *first[1:])
         if self.transform == POSITIONS:
             return (1, first[0])
         if self.transform == TRANSPOSE:
@@ -82,12 +87,15 @@ def modelspec_architecture(family: FamilyInfo, prediction_type: str) -> str:
 
 
 def original_layout(
-    family: FamilyInfo, weights: Mapping[str, Iterable[str]], configs: Mapping[str, dict]
+    family: FamilyInfo, weights: Mapping[str, Iterable[str]], configs: Mapping[str, dict], added_tokens: int = 0
 ) -> dict[str, Source]:
     """Each original-layout name of a `family` pipeline -> its Source.
 
     `weights` holds the diffusers names of each of `components(family)`, `configs` the UNet's and the VAE's
-    config.json. Every name is covered or it is a KeyError: a weight is never silently dropped.
+    config.json. Every name is covered or it is a KeyError: a weight is never silently dropped. The last
+    `added_tokens` rows of each token embedding (pivotal tuning's new tokens) are left out: AUTOMATIC1111 and
+    ComfyUI build CLIP with its released vocabulary and refuse a larger embedding; the tokens download on their
+    own (formats/embedding.py), as those tools load them.
     """
     layout = {}
     for component, table, prefix in (
@@ -100,6 +108,10 @@ def original_layout(
     for component, (text_layout, prefix) in zip(family.text_encoders, TEXT_ENCODERS[family.name], strict=True):
         names = clip_layout if text_layout == "clip" else open_clip_layout
         layout |= names(component, weights[component], prefix)
+    if added_tokens:
+        for name, source in layout.items():
+            if source.reads[0][1].endswith(TOKEN_EMBEDDING) and source.transform is None:
+                layout[name] = dataclasses.replace(source, dropped_rows=added_tokens)
     return layout
 
 

@@ -61,6 +61,16 @@ def test_a_pivotal_job_reports_both_phases_and_its_embedding_loads(stack: Stack,
         assert torch.isfinite(row).all()
     single = client.http.get(f"/api/jobs/{job['id']}/checkpoint", params={"format": "single", "step": 10})
     assert single.status_code == 404 and "embedding" in single.text
+    # the worker's final file and the API's streamed one of a phase-two step both load on the base model's configs
+    for step in (30, 40):
+        response = client.http.get(
+            f"/api/jobs/{job['id']}/checkpoint", params={"format": "single", "dtype": "fp32", "step": step}
+        )
+        assert response.status_code == 200, response.text
+        path = tmp_path / f"single-{step}.safetensors"
+        path.write_bytes(response.content)
+        pipeline = StableDiffusionPipeline.from_single_file(str(path), config=str(base), local_files_only=True)
+        pipeline.load_textual_inversion(str(tmp_path / "embedding-40.safetensors"), token="<rufus>")
 
     response = client.http.post(
         f"/api/jobs/{job['id']}/generations",

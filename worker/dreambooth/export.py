@@ -67,8 +67,13 @@ def export_run(config: TrainConfig, parts: Components, run: Trainees, step: int)
     release(device)
     for dtype in ("fp16", "fp32"):
         path = config.output_dir / "checkpoints" / f"model-{dtype}.safetensors"
-        checkpoints[dtype] = export_single_file(pipeline_dir, path, dtype, metadata)
+        checkpoints[dtype] = export_single_file(pipeline_dir, path, dtype, metadata, added_tokens(config))
     return pipeline_dir, checkpoints
+
+
+def added_tokens(config: TrainConfig) -> int:
+    """The tokens a run added to the base model's vocabulary: pivotal tuning's."""
+    return config.num_vectors if config.training_method == "pivotal" else 0
 
 
 def checkpoint_metadata(config: TrainConfig, step: int, family: str = "sd1") -> dict[str, str]:
@@ -110,9 +115,14 @@ def checkpoint_metadata(config: TrainConfig, step: int, family: str = "sd1") -> 
 
 
 def export_single_file(
-    pipeline_dir: Path, out_path: Path, dtype: str = "fp16", metadata: dict[str, str] | None = None
+    pipeline_dir: Path,
+    out_path: Path,
+    dtype: str = "fp16",
+    metadata: dict[str, str] | None = None,
+    added_tokens: int = 0,
 ) -> Path:
-    """Write the pipeline's UNet, VAE and text encoders as one .safetensors file in its family's original layout.
+    """Write the pipeline's UNet, VAE and text encoders as one .safetensors file in its family's original layout
+    (without the last `added_tokens` token-embedding rows: see formats.single_file.original_layout).
 
     The header says what the file is (ModelSpec's layout keys, prediction type, a title) and carries `metadata`.
     """
@@ -124,6 +134,7 @@ def export_single_file(
         _read_json(pipeline_dir / "vae" / "config.json"),
         *(_load_weights(pipeline_dir / folder) for folder in family.text_encoders),
         family=family,
+        added_tokens=added_tokens,
     )
     cast = DTYPES[dtype]
     tensors = {k: (v.to(cast) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
@@ -150,6 +161,7 @@ def original_state_dict(
     vae_config: dict,
     *text_encoders: dict[str, torch.Tensor],
     family: FamilyInfo = FAMILIES["sd1"],
+    added_tokens: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Rename diffusers state dicts (the text encoders in `family`'s order; SD 1.x unless told) into one
     original-layout state dict. Tensors are shared (as views where reshaped or transposed), except concatenated ones.
@@ -158,7 +170,7 @@ def original_state_dict(
     configs = {"unet": unet_config, "vae": vae_config}
     return {
         name: _made(source, [weights[component][key] for component, key in source.reads])
-        for name, source in layout.original_layout(family, weights, configs).items()
+        for name, source in layout.original_layout(family, weights, configs, added_tokens).items()
     }
 
 
@@ -169,6 +181,8 @@ def _made(source: layout.Source, reads: list[torch.Tensor]) -> torch.Tensor:
         return torch.arange(shape[1]).view(shape)
     if source.transform == layout.TRANSPOSE:
         return reads[0].T
+    if source.dropped_rows:
+        return reads[0][: shape[0]]
     return (torch.cat(reads) if len(reads) > 1 else reads[0]).reshape(shape)
 
 

@@ -32,9 +32,14 @@ def save_pipeline(pipeline, folder: Path) -> None:
 def vocabulary_files(tokenizer, folder: Path) -> None:
     """Write a BPE tokenizer's vocab.json and merges.txt, as the Hub's tokenizer folders hold them:
     transformers 4.x's CLIPTokenizer reads those, and 5.x saves tokenizer.json alone."""
-    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-        return
-    tokenizer.backend_tokenizer.model.save(str(folder))
+    if not ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()):
+        tokenizer.backend_tokenizer.model.save(str(folder))
+    # note: tokens added after the vocabulary (pivotal tuning's) live in tokenizer.json alone, which 4.x's slow
+    # CLIPTokenizer does not read; its own file for them is added_tokens.json
+    size = len(json.loads((folder / "vocab.json").read_text(encoding="utf-8")))
+    added = {token: index for token, index in tokenizer.get_added_vocab().items() if index >= size}
+    if added:
+        (folder / "added_tokens.json").write_text(json.dumps(added, ensure_ascii=False), encoding="utf-8")
 
 
 def to_hub_layout(folder: Path) -> None:

@@ -38,7 +38,7 @@ const DOWNLOADS = [
   {
     title: "Embedding",
     needs: "pivotal",
-    help: "The learned token alone (textual inversion), fp32, for the base model with the LoRA or on its own; the single file and the diffusers zip already hold it.",
+    help: "The learned token alone (textual inversion), fp32: load it beside the single file (which keeps CLIP's released vocabulary, as AUTOMATIC1111 and ComfyUI need) or the base model with the LoRA; the diffusers zip already holds it.",
     options: [{ format: "embedding", dtype: "fp32", text: "safetensors", name: "embedding" }],
   },
 ];
