@@ -64,7 +64,9 @@ class Evaluation(BaseModel):
 
 
 class MemoryPlanOut(BaseModel):
-    profile: str  # the worker's tier: "24gb", "16gb", "12gb"; "cpu" without a GPU; "none" when turned off
+    # the worker's tier: "24gb", "16gb", "12gb" (SDXL: "sdxl-80gb", "sdxl-40gb", "sdxl-lora-24gb" / 16gb / 12gb);
+    # "cpu" without a GPU; "none" when turned off
+    profile: str
     gpu_memory_gib: float | None  # the worker GPU's total memory
     changes: dict[str, Any]  # settings the profile changed for this run, e.g. {"use_8bit_adam": true}
 

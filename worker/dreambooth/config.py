@@ -184,7 +184,7 @@ class Sample:
 class MemoryPlan:
     """The memory savers memory_profile "auto" chose, and why."""
 
-    profile: str  # "none" (as asked) | "cpu" | "24gb" | "16gb" | "12gb": the tier the device fell in
+    profile: str  # "none" (as asked) | "cpu" | "24gb" | "16gb" | "12gb" | "sdxl-...": the tier the device fell in
     gpu_memory_gib: float | None  # the GPU's total memory; None on the CPU
     changes: tuple[tuple[str, object], ...] = ()  # (setting, value) pairs it changed
 
