@@ -39,7 +39,7 @@ from backend.training_settings import dreambooth_method
 # note: the one module of the core the API uses: plain Python, so the exports here and the worker's own
 # single files hold the same names (test_torch_free keeps it that way)
 from formats import single_file as layout
-from formats.embedding import EMBEDDING_FILE, EMBEDDING_FORMAT
+from formats.embedding import EMBEDDING_FILE, EMBEDDING_FORMAT, added_tokens
 from formats.hub_layout import hub_name
 from formats.lora import LORA_FILES, LORA_FORMATS
 
@@ -188,16 +188,9 @@ def _single_file(job: Job, dtype: Dtype, step: int, stem: str, exports: Path) ->
             storage.resolve(final.path),
             step=step,
             dtype=dtype,
-            added_tokens=_added_tokens(job),
+            added_tokens=added_tokens(job.settings.get("training_method", "full"), job.settings.get("num_vectors", 1)),
         ),
     )
-
-
-def _added_tokens(job: Job) -> int:
-    """The tokens the job added to its base model's vocabulary (pivotal tuning's), which single files leave out."""
-    if job.settings.get("training_method") != "pivotal":
-        return 0
-    return int(job.settings.get("num_vectors") or 1)
 
 
 def _diffusers_zip(job: Job, dtype: Dtype, step: int, stem: str, exports: Path) -> Download:

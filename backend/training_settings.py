@@ -26,6 +26,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from backend.presets import PRESETS, default_preset, misfit_message
+from formats import embedding
 
 Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 # Samplers a user may pick for samples and generations (worker/dreambooth/schedulers.py builds them).
@@ -326,8 +327,9 @@ class TrainingSettings(BaseModel):
 
 def dreambooth_method(settings: Mapping[str, Any]) -> str:
     """What a job's Dreambooth steps train, "full" or "lora": for a pivotal job, its second phase."""
-    method = settings.get("training_method", "full")
-    return settings.get("pivotal_second_phase", "full") if method == "pivotal" else method
+    return embedding.dreambooth_method(
+        settings.get("training_method", "full"), settings.get("pivotal_second_phase", "full")
+    )
 
 
 def model_context(base_model: str, family: str | None, resolution: int | None) -> dict:

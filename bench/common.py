@@ -49,6 +49,11 @@ def command_line(module: str) -> str:
     return " ".join(["python -m", module, *sys.argv[1:]])
 
 
+def report_header(module: str, device: str, threads: int | None) -> list[str]:
+    """A benchmark report's first lines: the machine, the date and the command that made it."""
+    return [f"- machine: {machine(device, threads)}", f"- date: {utc_now()}", f"- command: `{command_line(module)}`"]
+
+
 # ---------------------------------------------------------------------- memory
 
 

@@ -541,25 +541,21 @@ def summary(results: dict) -> list[dict]:
     def add(figure: str, measured: float | None, goal: str, met: bool | None) -> None:
         lines.append({"figure": figure, "measured": measured, "goal": goal, "met": met})
 
+    def add_peak(figure: str, measured: dict, goal: str | None = None) -> None:
+        """A run's peak memory (its peak_mb) in GB, against GOALS[goal] ("under N GB") when it has one."""
+        peak = measured["peak_mb"] * 2**20
+        if goal is None:
+            add(figure, round(peak / GB, 2), "-", None)
+        else:
+            add(figure, round(peak / GB, 2), f"under {GOALS[goal]} GB", peak < GOALS[goal] * GB)
+
     goals = sections.get("memory goals", {}).get("configurations", {})
     for name, key in (("UNet only", "full_unet_8bit_gb"), ("+ text encoder", "full_text_encoder_8bit_gb")):
         if name in goals:
-            peak = goals[name]["peak_mb"] * 2**20
-            add(
-                f"full fine-tuning, {name}, 8-bit Adam + fp16 + checkpointing: peak GB",
-                round(peak / GB, 2),
-                f"under {GOALS[key]} GB",
-                peak < GOALS[key] * GB,
-            )
+            add_peak(f"full fine-tuning, {name}, 8-bit Adam + fp16 + checkpointing: peak GB", goals[name], key)
     lora = sections.get("lora memory", {}).get("methods", {})
     if "lora" in lora:
-        peak = lora["lora"]["peak_mb"] * 2**20
-        add(
-            "LoRA rank 4, UNet, fp16: peak GB",
-            round(peak / GB, 2),
-            f"under {GOALS['lora_gb']} GB",
-            peak < GOALS["lora_gb"] * GB,
-        )
+        add_peak("LoRA rank 4, UNet, fp16: peak GB", lora["lora"], "lora_gb")
     rows = {
         row["configuration"]: row
         for name in ("training speed", "training speed, all savers")
@@ -591,12 +587,8 @@ def summary(results: dict) -> list[dict]:
         "configurations", {}
     )
     if "LoRA r32, checkpointing" in sdxl:
-        peak = sdxl["LoRA r32, checkpointing"]["peak_mb"] * 2**20
-        add(
-            "SDXL LoRA rank 32, 1024 px, fp16, checkpointing: peak GB",
-            round(peak / GB, 2),
-            f"under {GOALS['sdxl_lora_gb']} GB",
-            peak < GOALS["sdxl_lora_gb"] * GB,
+        add_peak(
+            "SDXL LoRA rank 32, 1024 px, fp16, checkpointing: peak GB", sdxl["LoRA r32, checkpointing"], "sdxl_lora_gb"
         )
     if "LoRA r32" in sdxl:
         speed = sdxl["LoRA r32"]["steps_per_s"]
@@ -607,17 +599,14 @@ def summary(results: dict) -> list[dict]:
             speed >= GOALS["sdxl_lora_steps_per_s"],
         )
     if "full UNet, 8-bit Adam, checkpointing" in sdxl:
-        peak = sdxl["full UNet, 8-bit Adam, checkpointing"]["peak_mb"] * 2**20
-        add("SDXL full UNet, 1024 px, 8-bit Adam, fp16, checkpointing: peak GB", round(peak / GB, 2), "-", None)
+        add_peak(
+            "SDXL full UNet, 1024 px, 8-bit Adam, fp16, checkpointing: peak GB",
+            sdxl["full UNet, 8-bit Adam, checkpointing"],
+        )
     pivotal = sections.get("pivotal memory", {}).get("configurations", {})
     if "pivotal" in pivotal:
-        peak = pivotal["pivotal"]["peak_mb"] * 2**20
-        add(
-            "pivotal tuning (inversion, then full UNet), 8-bit Adam + fp16 + checkpointing: peak GB",
-            round(peak / GB, 2),
-            f"under {GOALS['pivotal_gb']} GB",
-            peak < GOALS["pivotal_gb"] * GB,
-        )
+        figure = "pivotal tuning (inversion, then full UNet), 8-bit Adam + fp16 + checkpointing: peak GB"
+        add_peak(figure, pivotal["pivotal"], "pivotal_gb")
     for card, measured in sections.get("memory planner", {}).get("cards", {}).items():
         outcomes = [job["outcome"] for job in measured["jobs"]]
         met = (

@@ -26,14 +26,12 @@ from pathlib import Path
 from bench.common import (
     add_common_arguments,
     builtin_model,
-    command_line,
     drawn_photos,
     forwarded,
-    machine,
     peak_memory_mb,
     print_result,
+    report_header,
     spawn,
-    utc_now,
 )
 
 SAVERS = {"use_8bit_adam": True, "mixed_precision": "fp16", "gradient_checkpointing": True, "learning_rate": 1e-6}
@@ -102,9 +100,7 @@ FORWARDED = ("device", "size", "resolution", "steps", "threads", "work_dir")
 def report(args, results: dict[str, dict]) -> str:
     memory = "peak RSS" if args.device == "cpu" else "CUDA max allocated"
     lines = [
-        f"- machine: {machine(args.device, args.threads)}",
-        f"- date: {utc_now()}",
-        f"- command: `{command_line('bench.pivotal_memory')}`",
+        *report_header("bench.pivotal_memory", args.device, args.threads),
         f"- the training loop on builtin:{args.size} at {args.resolution} px, batch 1, 8-bit Adam, fp16 mixed "
         "precision (fp32 on the CPU), gradient checkpointing, cached latents; s/step is the median of "
         f"{args.steps} steps per phase after one warm-up step",

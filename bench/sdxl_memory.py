@@ -26,14 +26,12 @@ from pathlib import Path
 from bench.common import (
     add_common_arguments,
     builtin_model,
-    command_line,
     forwarded,
-    machine,
     peak_memory_mb,
     print_result,
+    report_header,
     spawn,
     timed_core_steps,
-    utc_now,
 )
 
 LORA = {"training_method": "lora", "lora_rank": 32, "learning_rate": 1e-4}
@@ -80,9 +78,7 @@ FORWARDED = ("device", "size", "resolution", "steps", "threads", "work_dir")
 def report(args, results: dict[str, dict]) -> str:
     memory = "peak RSS" if args.device == "cpu" else "CUDA max allocated"
     lines = [
-        f"- machine: {machine(args.device, args.threads)}",
-        f"- date: {utc_now()}",
-        f"- command: `{command_line('bench.sdxl_memory')}`",
+        *report_header("bench.sdxl_memory", args.device, args.threads),
         f"- the training loop on builtin:{args.size} at {args.resolution} px, batch 1, fp16 mixed precision "
         f"(fp32 on the CPU), cached latents and embeddings; steps/s from the median of {args.steps} steps after "
         "one warm-up step",

@@ -11,3 +11,13 @@ EMBEDDING_FORMAT = "embedding"
 
 # The keys of the vectors, one per text encoder in the family's order.
 EMBEDDING_KEYS = {1: ("emb_params",), 2: ("clip_l", "clip_g")}
+
+
+def dreambooth_method(training_method: str, pivotal_second_phase: str = "full") -> str:
+    """What a run's Dreambooth steps train, "full" or "lora": for pivotal tuning, its second phase."""
+    return pivotal_second_phase if training_method == "pivotal" else training_method
+
+
+def added_tokens(training_method: str, num_vectors: int = 1) -> int:
+    """The tokens a run adds to its base model's vocabulary (pivotal tuning's), which single files leave out."""
+    return num_vectors if training_method == "pivotal" else 0

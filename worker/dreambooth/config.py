@@ -3,6 +3,8 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from formats.embedding import dreambooth_method
+
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 STATE_DIR = "training-state"  # under output_dir: the saved training states a run resumes from
 MEMORY_PROFILES = ("auto", "none")
@@ -141,7 +143,7 @@ class TrainConfig:
     @property
     def adapter_method(self) -> str:
         """What the Dreambooth steps train: "full" or "lora" (pivotal tuning's phase two, for a pivotal run)."""
-        return self.pivotal_second_phase if self.training_method == "pivotal" else self.training_method
+        return dreambooth_method(self.training_method, self.pivotal_second_phase)
 
     @property
     def inversion_steps(self) -> int:

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from formats import single_file as layout
-from formats.embedding import EMBEDDING_FILE, EMBEDDING_FORMAT
+from formats.embedding import EMBEDDING_FILE, EMBEDDING_FORMAT, added_tokens
 from formats.families import FAMILIES, FamilyInfo
 
 from .components import Components, pipeline_for, release
@@ -67,13 +67,9 @@ def export_run(config: TrainConfig, parts: Components, run: Trainees, step: int)
     release(device)
     for dtype in ("fp16", "fp32"):
         path = config.output_dir / "checkpoints" / f"model-{dtype}.safetensors"
-        checkpoints[dtype] = export_single_file(pipeline_dir, path, dtype, metadata, added_tokens(config))
+        added = added_tokens(config.training_method, config.num_vectors)
+        checkpoints[dtype] = export_single_file(pipeline_dir, path, dtype, metadata, added)
     return pipeline_dir, checkpoints
-
-
-def added_tokens(config: TrainConfig) -> int:
-    """The tokens a run added to the base model's vocabulary: pivotal tuning's."""
-    return config.num_vectors if config.training_method == "pivotal" else 0
 
 
 def checkpoint_metadata(config: TrainConfig, step: int, family: str = "sd1") -> dict[str, str]:

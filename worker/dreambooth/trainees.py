@@ -108,15 +108,7 @@ def make_trainees(
     if config.use_ema:
         ema = EMAModel(unet.parameters(), model_cls=UNet2DConditionModel, model_config=unet.config, foreach=True)
     optimizer = _make_optimizer(_parameter_groups(config, unet, text_encoders, accelerator), config, device)
-    # note: a prepared scheduler steps once per process, hence the num_processes factors (as the reference)
-    lr_scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=config.max_train_steps * accelerator.num_processes,
-        num_cycles=config.lr_num_cycles,
-        power=config.lr_power,
-    )
+    lr_scheduler = _lr_schedule(config, optimizer, accelerator, config.max_train_steps)
     *models, optimizer, lr_scheduler = accelerator.prepare(unet, *text_encoders, optimizer, lr_scheduler)
     return Trainees(
         unet=models[0],
@@ -149,15 +141,8 @@ def make_inversion_trainees(
         model.requires_grad_(False)
         embeddings.append(model.get_input_embeddings().weight.requires_grad_(True))
     _save_memory(config, unet, ())
-    kwargs = dict(betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon)
-    optimizer = torch.optim.AdamW(
-        embeddings, lr=config.textual_inversion_lr, weight_decay=config.adam_weight_decay, **kwargs
-    )
-    lr_scheduler = get_scheduler(
-        config.lr_scheduler, optimizer=optimizer,
-        num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=config.inversion_steps * accelerator.num_processes,
-    )  # fmt: skip
+    optimizer = torch.optim.AdamW(embeddings, lr=config.textual_inversion_lr, **_adam_options(config))
+    lr_scheduler = _lr_schedule(config, optimizer, accelerator, config.inversion_steps)
     *models, optimizer, lr_scheduler = accelerator.prepare(unet, *text_encoders, optimizer, lr_scheduler)
     return Trainees(
         unet=models[0],
@@ -201,10 +186,27 @@ def _parameter_groups(config: TrainConfig, unet, text_encoders: tuple, accelerat
     return groups
 
 
-def _make_optimizer(groups: list[dict], config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    kwargs = dict(
+def _lr_schedule(config: TrainConfig, optimizer, accelerator: Accelerator, steps: int):
+    """The learning-rate schedule of a phase of `steps` optimizer steps."""
+    # note: a prepared scheduler steps once per process, hence the num_processes factors (as the reference)
+    return get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=steps * accelerator.num_processes,
+        num_cycles=config.lr_num_cycles,
+        power=config.lr_power,
+    )
+
+
+def _adam_options(config: TrainConfig) -> dict:
+    return dict(
         betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.adam_weight_decay, eps=config.adam_epsilon
     )
+
+
+def _make_optimizer(groups: list[dict], config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    kwargs = _adam_options(config)
     if config.use_8bit_adam:
         # note: imported only when asked for; bitsandbytes probes the GPU at import time
         import bitsandbytes as bnb
