@@ -133,7 +133,7 @@ SECTIONS = [
     Section("lora memory", lambda run, limit: section_lora(run, limit), 200, 30),
     Section("training speed", lambda run, limit: section_speed(run, limit, rows="0"), 120, 40, exclusive=True),
     Section(
-        "training speed, all savers", lambda run, limit: section_speed(run, limit, rows="3"), 180, 60, exclusive=True
+        "training speed with savers", lambda run, limit: section_speed(run, limit, rows="3"), 180, 60, exclusive=True
     ),
     # note: SDXL makes its own model (bench.sdxl_memory): a few minutes of writing 14 GB on the first run
     Section("sdxl memory", lambda run, limit: section_sdxl(run, limit, SDXL_MEMORY_CONFIGS), 420, 120, False),
@@ -271,7 +271,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=420, help="start no section after this long")
     parser.add_argument(
         "--only",
-        type=lambda text: text.split(","),
+        type=lambda text: [name.strip() for name in text.split(",")],
         default=_names(),
         metavar="NAME,NAME",
         help="run only these sections: " + ", ".join(_names()),
@@ -291,7 +291,8 @@ def main() -> None:
         parser.error(f"no section named {', '.join(sorted(unknown))}")
 
     run = Run(args)
-    run.run_all([section for section in SECTIONS if section.name in args.only])
+    # note: the environment section always runs: the report's header (the GPU, the stack) comes from it
+    run.run_all([section for section in SECTIONS if section.name in args.only or section.name == "environment"])
     failed = [
         name
         for name, section in run.results["sections"].items()
@@ -558,7 +559,7 @@ def summary(results: dict) -> list[dict]:
         add_peak("LoRA rank 4, UNet, fp16: peak GB", lora["lora"], "lora_gb")
     rows = {
         row["configuration"]: row
-        for name in ("training speed", "training speed, all savers")
+        for name in ("training speed", "training speed with savers")
         for row in sections.get(name, {}).get("rows", [])
     }
     if "UNet only" in rows:

@@ -93,15 +93,17 @@ def make_trainees(
 ) -> Trainees:
     """Trainable copies, optimizer, schedule, EMA and generators, prepared by accelerate."""
     device = accelerator.device
-    unet = trainable_copy(parts.unet, shared).to(device)
+    lora = config.adapter_method == "lora"
+    # note: LoRA's base weights stay frozen in the training precision; only the small fp32 adapters get gradients
+    # and optimizer state, which is where its memory saving comes from. They reach the device already cast: an
+    # fp32 copy on the GPU first would be the run's peak (10 GB more for SDXL's UNet)
+    dtype = weight_dtype(accelerator) if lora else torch.float32
+    unet = trainable_copy(parts.unet, shared).to(device, dtype=dtype)
     text_encoders = tuple(
-        trainable_copy(model, shared).to(device) for model in (parts.text_encoders if config.train_text_encoder else ())
+        trainable_copy(model, shared).to(device, dtype=dtype)
+        for model in (parts.text_encoders if config.train_text_encoder else ())
     )
-    if config.adapter_method == "lora":
-        # note: the base weights stay frozen in the training precision; only the small fp32 adapters get
-        # gradients and optimizer state, which is where LoRA's memory saving comes from
-        for model in (unet, *text_encoders):
-            model.to(dtype=weight_dtype(accelerator))
+    if lora:
         add_adapters(unet, text_encoders, lora_settings(config))
     _save_memory(config, unet, text_encoders)
     ema = None
