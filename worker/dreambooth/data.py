@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-ENCODE_BATCH = 8  # photos per VAE call when encoding a whole set up front
+ENCODE_PIXELS = 8 * 512 * 512  # pixels per VAE call when encoding a photo set's crops up front (8 at 512 px)
+CROP_POSITIONS = 8  # random crop: at most this many crops per photo, spread along its longer side
 
 
 ORIGINAL_SIZE = "original_size"  # a loaded photo's info key: its (height, width) before resizing
@@ -57,11 +58,15 @@ def to_tensor(
     """Crop a resized photo to a square (at `origin`, else center or random), maybe flip it, as CHW floats
     in [-1, 1]."""
     top, left = origin or crop_origin(image, resolution, center_crop, generator)
-    pixels = torch.from_numpy(np.array(image.crop((left, top, left + resolution, top + resolution))))
-    pixels = pixels.permute(2, 0, 1).float() / 127.5 - 1.0
+    pixels = pixel_tensor(image.crop((left, top, left + resolution, top + resolution)))
     if random_flip and torch.rand((), generator=generator) < 0.5:
         pixels = pixels.flip(-1)
     return pixels
+
+
+def pixel_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB image as CHW floats in [-1, 1], the VAE's input."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
 def batches(count: int, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
@@ -78,63 +83,74 @@ class LatentSource:
     """Scaled VAE latents of a photo set, drawn afresh from each photo's latent distribution, with each crop's
     time ids (see `time_ids`).
 
-    When a photo's crop cannot vary (center crop, or a photo already square at the resolution), every
-    photo is encoded once up front, flipped too when random_flip, and the VAE is not needed afterwards.
+    Every crop a run can draw is encoded once, up front, exactly as the VAE encodes that crop (mirrored too
+    when random_flip), so no step runs the VAE and it leaves the device after. A center crop is one crop per
+    photo; a random crop is one of up to CROP_POSITIONS crops spread evenly along the photo's longer side, edges
+    included (diffusers' script draws any pixel offset, and encodes every crop at every step).
     """
 
     def __init__(
-        self, vae: torch.nn.Module, photos: Sequence[Image.Image], resolution: int, center_crop: bool, random_flip: bool
+        self,
+        vae: torch.nn.Module,
+        photos: Sequence[Image.Image],
+        resolution: int,
+        center_crop: bool,
+        random_flip: bool,
     ):
-        self.vae, self.photos = vae, list(photos)
-        self.resolution, self.center_crop, self.random_flip = resolution, center_crop, random_flip
+        self.photos, self.resolution, self.random_flip = list(photos), resolution, random_flip
         self.scale = vae.config.scaling_factor
-        self.precomputed = center_crop or all(photo.size == (resolution, resolution) for photo in self.photos)
-        if self.precomputed:
-            origins = [crop_origin(photo, resolution, center_crop=True) for photo in self.photos]
-            self.time_ids = torch.tensor([time_ids(p, o, resolution) for p, o in zip(self.photos, origins)])
-            tensors = [to_tensor(photo, resolution, True, False, origin=o) for photo, o in zip(self.photos, origins)]
-            pixels = torch.stack(tensors)
-            self.mean, self.std = self._encode(pixels)
-            if random_flip:
-                self.flipped_mean, self.flipped_std = self._encode(pixels.flip(-1))
-            self.vae = None
-
-    @property
-    def needs_vae(self) -> bool:
-        return not self.precomputed
+        flips = (False, True) if random_flip else (False,)
+        most = 1 if center_crop else CROP_POSITIONS
+        self.origins = [crop_origins(photo, resolution, most) for photo in self.photos]
+        crops = [(i, origin, flip) for i, origins in enumerate(self.origins) for origin in origins for flip in flips]
+        self.rows = {crop: row for row, crop in enumerate(crops)}
+        means, stds = [], []
+        batch = max(1, ENCODE_PIXELS // resolution**2)
+        for start in range(0, len(crops), batch):
+            chunk = crops[start : start + batch]
+            crop = [to_tensor(self.photos[i], resolution, True, False, origin=o) for i, o, _ in chunk]
+            pixels = torch.stack([p.flip(-1) if flip else p for p, (_, _, flip) in zip(crop, chunk, strict=True)])
+            mean, std = _encode(vae, pixels)
+            means.append(mean)
+            stds.append(std)
+        self.mean, self.std = torch.cat(means), torch.cat(stds)
 
     def __call__(
         self, indices: torch.Tensor, data_gen: torch.Generator, noise_gen: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(latents, time ids) of the photos at `indices`: crops and flips from data_gen, the latent draw from
         noise_gen."""
-        if self.precomputed:
-            ids = self.time_ids[indices]
-            mean, std = self.mean[indices], self.std[indices]
-            if self.random_flip:
-                flip = (torch.rand(len(indices), generator=data_gen) < 0.5).to(mean.device)[:, None, None, None]
-                mean = torch.where(flip, self.flipped_mean[indices], mean)
-                std = torch.where(flip, self.flipped_std[indices], std)
-        else:
-            tensors, rows = [], []
-            for i in indices.tolist():
-                photo = self.photos[i]
-                origin = crop_origin(photo, self.resolution, self.center_crop, data_gen)
-                tensors.append(to_tensor(photo, self.resolution, False, self.random_flip, data_gen, origin))
-                rows.append(time_ids(photo, origin, self.resolution))
-            mean, std = self._encode(torch.stack(tensors))
-            ids = torch.tensor(rows)
+        rows, ids = [], []
+        for i in indices.tolist():
+            origins = self.origins[i]
+            origin = (
+                origins[int(torch.randint(len(origins), (), generator=data_gen))] if len(origins) > 1 else origins[0]
+            )
+            flip = self.random_flip and bool(torch.rand((), generator=data_gen) < 0.5)
+            rows.append(self.rows[i, origin, flip])
+            ids.append(time_ids(self.photos[i], origin, self.resolution))
+        rows = torch.tensor(rows, device=self.mean.device)
+        mean, std = self.mean[rows], self.std[rows]
         noise = torch.randn(mean.shape, generator=noise_gen, device=mean.device, dtype=mean.dtype)
-        return (mean + std * noise) * self.scale, ids
+        return (mean + std * noise) * self.scale, torch.tensor(ids)
 
-    @torch.no_grad()
-    def _encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        means, stds = [], []
-        for chunk in pixels.split(ENCODE_BATCH):
-            dist = self.vae.encode(chunk.to(self.vae.device, self.vae.dtype)).latent_dist
-            means.append(dist.mean.float())
-            stds.append(dist.std.float())
-        return torch.cat(means), torch.cat(stds)
+
+def crop_origins(image: Image.Image, resolution: int, most: int) -> list[tuple[int, int]]:
+    """(top, left) corners of up to `most` square crops spread evenly over a resized photo, both edges
+    included; one: the centre."""
+    spare_x, spare_y = image.width - resolution, image.height - resolution
+    count = min(most, max(spare_x, spare_y) + 1)
+    if count == 1:
+        return [crop_origin(image, resolution, center_crop=True)]
+    spots = [round(k * max(spare_x, spare_y) / (count - 1)) for k in range(count)]
+    return [(0, spot) if spare_x > spare_y else (spot, 0) for spot in spots]
+
+
+@torch.no_grad()
+def _encode(vae: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The means and spreads of the latent distributions of a batch of VAE inputs, in fp32."""
+    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    return dist.mean.float(), dist.std.float()
 
 
 def batch_order(

@@ -259,11 +259,11 @@ class _TrainingData:
         """`start`: the optimizer steps of this phase already done (a resumed run replays the batch order)."""
         device, dtype = run.accelerator.device, weight_dtype(run.accelerator)
         vae = frozen_on(parts.vae, device, dtype)
-        crop, flip = config.center_crop, config.random_flip
+        crop = (config.resolution, config.center_crop, config.random_flip)
         self.photos = photos
-        self.instances = LatentSource(vae, self.photos, config.resolution, crop, flip)
+        self.instances = LatentSource(vae, self.photos, *crop)
         class_photos = [load_photo(p, config.resolution) for p in class_paths]
-        self.classes = LatentSource(vae, class_photos, config.resolution, crop, flip) if class_paths else None
+        self.classes = LatentSource(vae, class_photos, *crop) if class_paths else None
         instance_prompt = with_placeholders(config.instance_prompt, config) if config.inversion_steps else None
         prompts = [instance_prompt or config.instance_prompt] + ([config.class_prompt] if class_paths else [])
         text_encoders = run.text_encoders or tuple(frozen_on(m, device, dtype) for m in parts.text_encoders)
@@ -275,7 +275,7 @@ class _TrainingData:
         self.order = batch_order(
             count, config.train_batch_size, config.gradient_accumulation_steps, run.order_gen, start
         )  # fmt: skip
-        # note: frozen parts whose work is done leave the device (the latent sources keep the VAE if they need it)
+        # note: frozen parts whose work is done leave the device
         del vae, text_encoders
         release(device)
 

@@ -82,7 +82,7 @@ def test_sdxl_time_ids_are_each_photos_original_size_crop_and_target(tmp_path: P
     assert photo.size == (128, 64)
 
     class Encoder(torch.nn.Module):  # note: latents' statistics do not matter here, only the time ids
-        config = type("Config", (), {"scaling_factor": 1.0})
+        config = type("Config", (), {"scaling_factor": 1.0, "block_out_channels": (1, 1, 1, 1)})
 
         def encode(self, pixels):
             dist = type("Dist", (), {"mean": pixels[:, :4, ::8, ::8], "std": pixels[:, :4, ::8, ::8] * 0})
