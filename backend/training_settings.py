@@ -178,6 +178,11 @@ class TrainingSettings(BaseModel):
         False, group="Memory", help="Recompute activations to save memory, at some speed"
     )
     use_8bit_adam: bool = setting(False, group="Memory", help="8-bit AdamW from bitsandbytes: fits 16 GB GPUs")
+    compile_unet: Literal["auto", "on", "off"] = setting(
+        "auto", group="Memory",
+        help="torch.compile the UNet's training steps: minutes to compile, then faster steps; auto: on a GPU for "
+        "runs of 3000 or more micro-steps, where it pays back",
+    )  # fmt: skip
     memory_profile: Literal["auto", "none"] = setting(
         "auto", group="Memory",
         help="auto turns memory savers on to fit the worker's GPU (the job records which); none keeps the settings",

@@ -87,13 +87,17 @@ def builtin_model(work_dir: Path, size: str) -> Path:
     return Path(resolve_base_model(f"builtin:{size}", work_dir))
 
 
-def drawn_photos(folder: Path, side: int, aspect: float = 1.0) -> tuple[Path, ...]:
-    """Four photos of coloured ellipses, `side` px high and `aspect` times as wide."""
+PHOTO_COLOURS = ("red", "green", "blue", "orange", "purple", "yellow", "cyan", "magenta")
+
+
+def drawn_photos(folder: Path, side: int, aspect: float = 1.0, count: int = 4) -> tuple[Path, ...]:
+    """`count` photos (four unless said; at most eight) of coloured ellipses, `side` px high and `aspect` times as
+    wide."""
     from PIL import Image, ImageDraw
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for index, colour in enumerate(("red", "green", "blue", "orange")):
+    for index, colour in enumerate(PHOTO_COLOURS[:count]):
         image = Image.new("RGB", (round(side * aspect), side), "white")
         ImageDraw.Draw(image).ellipse((8 + 8 * index, 10, side - 10, side - 8 - 2 * index), fill=colour)
         paths.append(folder / f"{index}.png")

@@ -135,6 +135,7 @@ SECTIONS = [
     Section(
         "training speed with savers", lambda run, limit: section_speed(run, limit, rows="3"), 180, 60, exclusive=True
     ),
+    Section("compiled speed", lambda run, limit: section_compiled(run, limit), 300, 120, exclusive=True),
     # note: SDXL makes its own model (bench.sdxl_memory): a few minutes of writing 14 GB on the first run
     Section("sdxl memory", lambda run, limit: section_sdxl(run, limit, SDXL_MEMORY_CONFIGS), 420, 120, False),
     Section("sdxl speed", lambda run, limit: section_sdxl(run, limit, SDXL_SPEED_CONFIGS), 180, 60, False, True),
@@ -426,6 +427,21 @@ def section_speed(run: Run, limit_s: float, rows: str) -> dict:
     return measured
 
 
+def section_compiled(run: Run, limit_s: float) -> dict:
+    """Ours with torch.compile'd training steps against the reference loop (UNet only, no savers)."""
+    if run.args.dry_run:
+        # note: a compile takes minutes on a CPU (about two for the tiny model here) and gains nothing there
+        return {"skipped": "the dry run does not compile"}
+    sizes = run.sizes
+    arguments = [
+        *run.model_arguments(), "--batch-size", "1", "--mixed-precision", "fp16", "--rows", "0", "--no-cache-hit",
+        "--steps", str(sizes.speed_steps), "--warmup", str(sizes.speed_warmup), "--class-images", "4", "--compile",
+    ]  # fmt: skip
+    measured, table = run.bench("bench.train_speed", arguments, limit_s)
+    run.tables["training speed, compiled"] = table
+    return measured
+
+
 def section_sdxl(run: Run, limit_s: float, configurations: tuple[str, ...]) -> dict:
     sizes = run.sizes
     arguments = [
@@ -576,6 +592,23 @@ def summary(results: dict) -> list[dict]:
             f"at least {GOALS['speed_up']}x",
             ours / reference >= GOALS["speed_up"],
         )
+    compiled = {row["configuration"]: row for row in sections.get("compiled speed", {}).get("rows", [])}
+    if "UNet only" in compiled:
+        ours, reference = (compiled["UNet only"][side]["steps_per_s"] for side in ("ours", "reference"))
+        add(
+            "UNet only, fp16, batch 1, no checkpointing, compiled: steps/s",
+            round(ours, 2),
+            f"at least {GOALS['unet_steps_per_s']} (H100)",
+            ours >= GOALS["unet_steps_per_s"],
+        )
+        add(
+            "ours compiled / reference loop, UNet only",
+            round(ours / reference, 2),
+            f"at least {GOALS['speed_up']}x",
+            ours / reference >= GOALS["speed_up"],
+        )
+        add("compiled: loop start to the first step's end, s", round(compiled["UNet only"]["ours"]["first_step_s"], 1),
+            "-", None)  # fmt: skip
     if "+ 8-bit Adam" in rows:
         ours, reference = rows["+ 8-bit Adam"]["ours"]["steps_per_s"], rows["+ 8-bit Adam"]["reference"]["steps_per_s"]
         add(

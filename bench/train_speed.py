@@ -78,10 +78,12 @@ class StepClock:
     def done(self) -> bool:
         return len(self.times) >= self.args.warmup + self.args.steps
 
-    def result(self) -> dict:
+    def result(self, started: float) -> dict:
         # note: medians, so a burst of load from another process on a shared machine does not count; with one
         # torch thread the CPU time a step takes is its work alone, whatever else the machine is running
         return {
+            # note: from the loop's start (the model loaded) to the first step's end: where a compile shows
+            "first_step_s": self.times[0] - started,
             "steps_per_s": 1 / median_step(self.times[self.args.warmup - 1 :]),
             "steps_per_cpu_s": 1 / median_step(self.cpu_times[self.args.warmup - 1 :]),
             **self.peak,
@@ -131,10 +133,12 @@ def run_ours(args, settings: dict) -> dict:
         max_train_steps=args.warmup + args.steps,
         # note: no validation inside the timed steps (the reference samples none either)
         validation_steps=10**6,
+        compile_unet="on" if args.compile else "off",
     )
+    started = time.perf_counter()
     # note: stopping after the last timed step skips sampling and export, which are not being measured
     train(config, lambda p: clock.step() if p.phase == "training" else None, should_stop=lambda: clock.done)
-    return clock.result()
+    return clock.result(started)
 
 
 def run_reference(args, settings: dict) -> dict:
@@ -144,6 +148,7 @@ def run_reference(args, settings: dict) -> dict:
     clock = StepClock(args)
     options = {**common_settings(args), **settings}
     options.pop("device")
+    started = time.perf_counter()
     main(
         reference_args(
             **options,
@@ -155,7 +160,7 @@ def run_reference(args, settings: dict) -> dict:
         ),
         lambda step, loss: clock.step(),
     )
-    return clock.result()
+    return clock.result(started)
 
 
 def common_settings(args) -> dict:
@@ -288,7 +293,7 @@ FORWARDED = (
 
 
 def spawn_child(args, child: str, config: int | None = None) -> dict:
-    arguments = ["--child", child, *forwarded(args, FORWARDED)]
+    arguments = ["--child", child, *forwarded(args, FORWARDED), *(["--compile"] if args.compile else [])]
     if config is not None:
         arguments += ["--config", str(config)]
     return spawn("bench.train_speed", arguments, args.threads)
@@ -313,6 +318,7 @@ def report(args, rows: list[tuple], classes: dict | None, e2e: dict | None, comm
         f"- machine: {machine(args.device, args.threads)}",
         f"- date: {utc_now()}",
         f"- command: `{command}`",
+        *(["- ours: the UNet's training steps torch.compile'd (compile_unet)"] if args.compile else []),
         f"- model: builtin:{args.size} at {args.resolution} px, batch {args.batch_size}, center crop, "
         f"mixed precision {args.mixed_precision}; steps/s from the median of {args.steps} timed steps after "
         f"{args.warmup} warm-up steps (best of {args.repeats} runs), by wall clock"
@@ -331,6 +337,9 @@ def report(args, rows: list[tuple], classes: dict | None, e2e: dict | None, comm
             cells += speed_cells(ours, reference, "steps_per_cpu_s")
         cells += [f"{ours[key]:.0f}", f"{reference[key]:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    firsts = [f"{name}: ours {ours['first_step_s']:.1f} s, reference {reference['first_step_s']:.1f} s"
+              for name, ours, reference in rows]  # fmt: skip
+    lines += ["", "From the loop's start to the first step's end (a compile shows here): " + "; ".join(firsts) + "."]
     if classes:
         ours, reference = classes["ours"], classes["reference"]
         lines += [
@@ -377,6 +386,7 @@ def main() -> None:
     )
     parser.add_argument("--e2e-class-images", type=int, default=32, help="class images for the cache-hit jobs")
     parser.add_argument("--e2e-steps", type=int, default=20, help="training steps of the cache-hit jobs")
+    parser.add_argument("--compile", action="store_true", help="ours with torch.compile'd training steps")
     parser.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--config", type=int, help=argparse.SUPPRESS)

@@ -15,6 +15,7 @@ SECTIONS = [
     "lora memory",
     "training speed",
     "training speed with savers",
+    "compiled speed",
     "sdxl memory",
     "sdxl speed",
     "pivotal memory",

@@ -68,6 +68,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute activations (UNet and text encoder): less memory, slower
     enable_xformers_memory_efficient_attention: bool = False  # when xformers is installed; else PyTorch SDPA
     allow_tf32: bool = False  # TF32 matmuls on Ampere and newer GPUs: faster, slightly less precise
+    compile_unet: str = "auto"  # torch.compile the UNet's training steps: "on", "off", or "auto" (see trainees)
     memory_profile: str = "auto"  # "auto" turns memory savers on by the GPU's memory; "none" leaves settings as given
 
     # training state, so a run can resume
@@ -113,6 +114,8 @@ class TrainConfig:
             raise ValueError(
                 "max_train_steps, train_batch_size, gradient_accumulation_steps and sample_batch_size must be >= 1"
             )
+        if self.compile_unet not in ("auto", "on", "off"):
+            raise ValueError(f"compile_unet must be auto, on or off, not {self.compile_unet!r}")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, not {self.mixed_precision!r}")
         if self.memory_profile not in MEMORY_PROFILES:

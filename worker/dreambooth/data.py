@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-ENCODE_PIXELS = 8 * 512 * 512  # pixels per VAE call when encoding a photo set's crops up front (8 at 512 px)
 CROP_POSITIONS = 8  # random crop: at most this many crops per photo, spread along its longer side
 
 
@@ -86,7 +85,8 @@ class LatentSource:
     Every crop a run can draw is encoded once, up front, exactly as the VAE encodes that crop (mirrored too
     when random_flip), so no step runs the VAE and it leaves the device after. A center crop is one crop per
     photo; a random crop is one of up to CROP_POSITIONS crops spread evenly along the photo's longer side, edges
-    included (diffusers' script draws any pixel offset, and encodes every crop at every step).
+    included (diffusers' script draws any pixel offset, and encodes every crop at every step). The VAE takes
+    `batch` crops at a time, a training step's worth, so this needs no more memory than encoding every step would.
     """
 
     def __init__(
@@ -96,6 +96,7 @@ class LatentSource:
         resolution: int,
         center_crop: bool,
         random_flip: bool,
+        batch: int = 1,
     ):
         self.photos, self.resolution, self.random_flip = list(photos), resolution, random_flip
         self.scale = vae.config.scaling_factor
@@ -105,7 +106,6 @@ class LatentSource:
         crops = [(i, origin, flip) for i, origins in enumerate(self.origins) for origin in origins for flip in flips]
         self.rows = {crop: row for row, crop in enumerate(crops)}
         means, stds = [], []
-        batch = max(1, ENCODE_PIXELS // resolution**2)
         for start in range(0, len(crops), batch):
             chunk = crops[start : start + batch]
             crop = [to_tensor(self.photos[i], resolution, True, False, origin=o) for i, o, _ in chunk]

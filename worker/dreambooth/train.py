@@ -243,7 +243,7 @@ def _micro_step(config: TrainConfig, run: Trainees, data: "_TrainingData") -> to
         0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=run.noise_gen, device=latents.device
     )
     noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-    prediction = run.unet(noisy_latents, timesteps, **data.family.unet_kwargs(conditioning, time_ids)).sample
+    prediction = run.step_unet(noisy_latents, timesteps, **data.family.unet_kwargs(conditioning, time_ids)).sample
     target = training_target(noise_scheduler, latents, noise, timesteps)
     weights = min_snr_weights(noise_scheduler, timesteps[:instances], config.snr_gamma) if config.snr_gamma else None
     return dreambooth_loss(prediction, target, data.prior_weight, weights)
@@ -259,7 +259,7 @@ class _TrainingData:
         """`start`: the optimizer steps of this phase already done (a resumed run replays the batch order)."""
         device, dtype = run.accelerator.device, weight_dtype(run.accelerator)
         vae = frozen_on(parts.vae, device, dtype)
-        crop = (config.resolution, config.center_crop, config.random_flip)
+        crop = (config.resolution, config.center_crop, config.random_flip, config.train_batch_size)
         self.photos = photos
         self.instances = LatentSource(vae, self.photos, *crop)
         class_photos = [load_photo(p, config.resolution) for p in class_paths]

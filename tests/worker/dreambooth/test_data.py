@@ -48,10 +48,11 @@ class PoolingVAE(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.encoded = 0
+        self.encoded, self.largest = 0, 0
 
     def encode(self, pixels: torch.Tensor):
         self.encoded += len(pixels)
+        self.largest = max(self.largest, len(pixels))
         mean = torch.nn.functional.avg_pool2d(pixels, 8)
         dist = type("Dist", (), {"mean": mean, "std": torch.zeros_like(mean)})
         return type("Out", (), {"latent_dist": dist})
@@ -69,9 +70,10 @@ def _pooled(photo: Image.Image, left: int, flipped: bool) -> torch.Tensor:
 
 def test_random_crops_are_drawn_from_crops_encoded_once_each():
     photo, vae = _noisy_photo(101, 64), PoolingVAE()
-    source = LatentSource(vae, [photo], 64, center_crop=False, random_flip=True)
+    source = LatentSource(vae, [photo], 64, center_crop=False, random_flip=True, batch=2)
     spots = [round(k * 37 / 7) for k in range(8)]  # note: 37 spare pixels, both edges included
     assert source.origins == [[(0, spot) for spot in spots]] and vae.encoded == 16  # note: each mirrored too
+    assert vae.largest == 2  # note: a training step's worth of crops per VAE call, as a step would encode
     seen = set()
     for seed in range(200):
         latents, ids = source(torch.tensor([0]), torch.Generator().manual_seed(seed), torch.Generator())

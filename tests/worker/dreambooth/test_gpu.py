@@ -147,3 +147,28 @@ def test_generation_in_half_precision_and_the_single_file_loads_back(
         actual = getattr(single, name).state_dict()
         assert actual.keys() == expected.keys(), name
         assert all(torch.equal(actual[key], value) for key, value in expected.items()), name
+
+
+def test_a_compiled_unet_trains_like_the_plain_one_and_saves_plain_weights(
+    device: str, make_config: Callable[..., TrainConfig], tmp_path: Path, tiny_model: Path
+):
+    if device == "cpu":
+        pytest.skip("compiling takes minutes on a CPU (about two for the tiny model here) and gains nothing there")
+    settings = dict(device=device, mixed_precision="fp16", max_train_steps=3, validation_steps=3, seed=0,
+                    validation_prompts=("a photo of sks toy",), center_crop=True)  # fmt: skip
+    compiled, compiled_losses = run(make_config(tmp_path / "compiled", compile_unet="on", **settings))
+    plain, plain_losses = run(make_config(tmp_path / "plain", **settings))
+    trained = weights(compiled.pipeline_dir / "unet")
+    # note: the saved names are the module's own (no torch.compile wrapper's "_orig_mod." prefix)
+    assert trained.keys() == weights(tiny_model / "unet").keys()
+    assert changed(trained, weights(tiny_model / "unet"))
+    # note: fused kernels round differently, so the two runs agree closely, not bit for bit
+    assert np.allclose(compiled_losses, plain_losses, rtol=1e-2, atol=1e-3), (compiled_losses, plain_losses)
+    # note: Adam moves each weight about the learning rate a step whatever the gradient's size, so a weight whose
+    # gradient is near zero may move either way: the runs agree within the steps' reach
+    config = make_config(tmp_path / "plain", **settings)
+    reach = 2 * config.learning_rate * config.max_train_steps
+    reference = weights(plain.pipeline_dir / "unet")
+    assert all(torch.allclose(trained[name], reference[name], atol=reach) for name in reference)
+    for sample in compiled.samples:
+        assert_real_image(sample.path)
