@@ -46,7 +46,8 @@ def test_the_dry_run_brings_back_every_section_and_figure(tmp_path: Path):
     assert results["dry_run"] and sections["environment"]["gpu"] is None
 
     tests = sections["gpu tests"]
-    assert (tests["passed"], tests["failed"], tests["skipped"]) == (5, 0, 0)
+    # note: the compiled-UNet test skips itself on a CPU (a compile takes minutes there and gains nothing)
+    assert (tests["passed"], tests["failed"], tests["skipped"]) == (5, 0, 1)
 
     for card, measured in sections["memory planner"]["cards"].items():
         auto, none, following = measured["jobs"]
