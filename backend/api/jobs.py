@@ -1,10 +1,13 @@
 """Jobs: create from uploaded photos, list, read, cancel and delete (the owner's side of the job service)."""
 
+import hashlib
 import logging
 import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
 
 from backend import jobs, queue
 from backend.api.job_form import ingest_uploads, parse_training_settings
@@ -66,9 +69,31 @@ def list_jobs(
     return JobList(items=[job_out(job) for job in items], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{job_id}")
-def get_job(job_id: uuid.UUID, session: SessionDep, user: CurrentUser) -> JobOut:
-    return job_out(jobs.get_job(session, user, job_id))
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    responses={304: {"description": "The job is as it was when the ETag sent in If-None-Match was given"}},
+)
+def get_job(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    user: CurrentUser,
+    if_none_match: Annotated[str | None, Header(max_length=1000)] = None,
+) -> Response:
+    """The job. Its ETag names this exact answer: a poller that sends it back in If-None-Match gets an empty 304
+    until the job changes."""
+    body = JSONResponse(jsonable_encoder(job_out(jobs.get_job(session, user, job_id)))).body
+    etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if if_none_match and _matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def _matches(if_none_match: str, etag: str) -> bool:
+    """Whether an If-None-Match header names `etag` (weak or strong, or `*`)."""
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag in tags
 
 
 @router.post("/{job_id}/cancel", status_code=202)

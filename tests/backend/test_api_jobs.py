@@ -196,6 +196,24 @@ def test_a_malformed_job_id_is_named(client, auth_headers):
 # ── cancel, delete ───────────────────────────────────────────────────────────────────────────
 
 
+def test_a_poller_with_the_etag_gets_304_until_the_job_changes(client, post_job, auth_headers):
+    job_id = post_job().json()["id"]
+    first = client.get(f"/api/jobs/{job_id}", headers=auth_headers)
+    etag = first.headers["ETag"]
+    assert first.status_code == 200 and etag.startswith('"')
+    same = client.get(f"/api/jobs/{job_id}", headers={**auth_headers, "If-None-Match": etag})
+    assert same.status_code == 304 and same.content == b"" and same.headers["ETag"] == etag
+    listed = client.get(f"/api/jobs/{job_id}", headers={**auth_headers, "If-None-Match": f'"other", W/{etag}'})
+    assert listed.status_code == 304
+    client.post(f"/api/jobs/{job_id}/cancel", headers=auth_headers)
+    changed = client.get(f"/api/jobs/{job_id}", headers={**auth_headers, "If-None-Match": etag})
+    assert changed.status_code == 200 and changed.json()["status"] == "cancelled"
+    assert changed.headers["ETag"] != etag
+    # note: someone else's job is as missing as ever, whatever ETag the request guesses
+    stranger = client.get(f"/api/jobs/{uuid.uuid4()}", headers={**auth_headers, "If-None-Match": "*"})
+    assert stranger.status_code == 404
+
+
 def test_cancel_ends_a_queued_job_at_once_and_is_idempotent(client, post_job, auth_headers):
     job_id = post_job().json()["id"]
     first = client.post(f"/api/jobs/{job_id}/cancel", headers=auth_headers)
