@@ -102,3 +102,24 @@ def test_every_section_can_be_named_on_the_command_line():
     assert gpu_check._names() == SECTIONS
     # note: --only takes a comma-separated list, so a name with a comma could never be asked for
     assert not [name for name in SECTIONS if "," in name]
+
+
+def test_the_summary_holds_the_speeds_plain_and_compiled_against_their_goals():
+    from bench import gpu_check
+
+    def speed(ours: float, reference: float) -> dict:
+        row = {"configuration": "UNet only", "ours": {"steps_per_s": ours, "first_step_s": 140.0}}
+        return {"status": "ok", "rows": [row | {"reference": {"steps_per_s": reference}}]}
+
+    sections = {"training speed": speed(6.5, 5.8), "compiled speed": speed(9.85, 4.25)}
+    lines = {line["figure"]: line for line in gpu_check.summary({"sections": sections})}
+    assert lines["UNet only, fp16, batch 1, no checkpointing: steps/s"]["met"] is False
+    assert lines["ours / reference loop, UNet only"]["measured"] == 1.12
+    assert lines["UNet only, fp16, batch 1, no checkpointing, compiled: steps/s"]["met"] is True
+    assert lines["ours compiled / reference loop, UNet only"] == {
+        "figure": "ours compiled / reference loop, UNet only",
+        "measured": 2.32,
+        "goal": "at least 1.6x",
+        "met": True,
+    }
+    assert lines["compiled: loop start to the first step's end, s"]["measured"] == 140.0
