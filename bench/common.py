@@ -159,6 +159,14 @@ def spawn(module: str, arguments: list[str], threads: int, timeout: float | None
     return json.loads(lines[-1].removeprefix(RESULT_PREFIX))
 
 
+def measure_each(module: str, names, args: argparse.Namespace, forwarded_names: tuple[str, ...]) -> dict[str, dict]:
+    """A benchmark's configurations, each measured by the module itself in a fresh child process (`--child NAME`,
+    with the options `forwarded_names` of `args`), on the builtin model `args.size` made first."""
+    builtin_model(args.work_dir, args.size)
+    arguments = forwarded(args, forwarded_names)
+    return {name: spawn(module, ["--child", name, *arguments], args.threads) for name in names}
+
+
 def print_result(result: dict) -> None:
     """What a child process hands its parent (see spawn)."""
     print(RESULT_PREFIX + json.dumps(result), flush=True)

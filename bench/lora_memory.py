@@ -28,14 +28,12 @@ from pathlib import Path
 
 from bench.common import (
     add_common_arguments,
-    builtin_model,
     command_line,
-    forwarded,
     machine,
+    measure_each,
     memory_now_mb,
     peak_memory_mb,
     print_result,
-    spawn,
     timed_core_steps,
     utc_now,
 )
@@ -222,11 +220,7 @@ def main() -> None:
         print_result(measure_core(args) if args.loop == "core" else measure(args))
         return
 
-    builtin_model(args.work_dir, args.size)
-    results = {
-        method: spawn("bench.lora_memory", ["--child", method, *forwarded(args, FORWARDED)], args.threads)
-        for method in METHODS
-    }
+    results = measure_each("bench.lora_memory", METHODS, args, FORWARDED)
     print(report_core(args, results) if args.loop == "core" else report(args, results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -32,14 +32,12 @@ from pathlib import Path
 
 from bench.common import (
     add_common_arguments,
-    builtin_model,
     command_line,
-    forwarded,
     machine,
+    measure_each,
     memory_now_mb,
     peak_memory_mb,
     print_result,
-    spawn,
     timed_core_steps,
     utc_now,
 )
@@ -151,12 +149,7 @@ def main() -> None:
         print_result(measure(args))
         return
 
-    builtin_model(args.work_dir, args.size)
-    names = [args.only] if args.only else list(CONFIGS)
-    results = {
-        name: spawn("bench.memory_goals", ["--child", name, *forwarded(args, FORWARDED)], args.threads)
-        for name in names
-    }
+    results = measure_each("bench.memory_goals", [args.only] if args.only else list(CONFIGS), args, FORWARDED)
     print(report(args, results))
     if args.json:
         for name, result in results.items():

@@ -25,13 +25,11 @@ from pathlib import Path
 
 from bench.common import (
     add_common_arguments,
-    builtin_model,
     drawn_photos,
-    forwarded,
+    measure_each,
     peak_memory_mb,
     print_result,
     report_header,
-    spawn,
 )
 
 SAVERS = {"use_8bit_adam": True, "mixed_precision": "fp16", "gradient_checkpointing": True, "learning_rate": 1e-6}
@@ -130,11 +128,7 @@ def main() -> None:
         print_result(measure(args))
         return
 
-    builtin_model(args.work_dir, args.size)
-    results = {
-        name: spawn("bench.pivotal_memory", ["--child", name, *forwarded(args, FORWARDED)], args.threads)
-        for name in CONFIGS
-    }
+    results = measure_each("bench.pivotal_memory", CONFIGS, args, FORWARDED)
     print(report(args, results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -25,12 +25,10 @@ from pathlib import Path
 
 from bench.common import (
     add_common_arguments,
-    builtin_model,
-    forwarded,
+    measure_each,
     peak_memory_mb,
     print_result,
     report_header,
-    spawn,
     timed_core_steps,
 )
 
@@ -110,11 +108,7 @@ def main() -> None:
         print_result(measure(args))
         return
 
-    builtin_model(args.work_dir, args.size)
-    names = args.only or list(CONFIGS)
-    results = {
-        name: spawn("bench.sdxl_memory", ["--child", name, *forwarded(args, FORWARDED)], args.threads) for name in names
-    }
+    results = measure_each("bench.sdxl_memory", args.only or list(CONFIGS), args, FORWARDED)
     print(report(args, results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
