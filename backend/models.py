@@ -150,6 +150,10 @@ class Job(LeasedWork, Base):
     # The base model's family when the job was made ("sd1", "sd2", "sdxl"; backend/base_models.py); None when
     # the API could not tell (a Hub model not in its cache yet).
     family: Mapped[str | None] = mapped_column(String(20))
+    # The Celery queue the job was routed to by its memory need ("gpu-24gb"; backend/routing.py), and why a
+    # queued job waits ("waiting_for_gpu": no live worker can fit it); None when it does not wait on anything.
+    queue: Mapped[str | None] = mapped_column(String(40))
+    note: Mapped[str | None] = mapped_column(String(40))
 
     photos: Mapped[list["Photo"]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True, order_by="Photo.position"
@@ -157,6 +161,22 @@ class Job(LeasedWork, Base):
     artifacts: Mapped[list["Artifact"]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True, order_by="Artifact.id"
     )
+
+
+class Worker(Base):
+    """A live (or lately live) worker process and what it can run: written at its start and with its heartbeat."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # Celery's node name, unique per process
+    hostname: Mapped[str] = mapped_column(String(200))
+    gpu_name: Mapped[str | None] = mapped_column(String(200))  # None: no GPU (a CPU worker)
+    gpu_memory_gib: Mapped[float | None]
+    gpu_count: Mapped[int] = mapped_column(default=0)
+    families: Mapped[list[Any]] = mapped_column(JSONType)  # the model families its stack can train
+    queues: Mapped[list[Any]] = mapped_column(JSONType)  # the Celery queues it consumes
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Photo(Base):

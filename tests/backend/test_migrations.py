@@ -7,7 +7,7 @@ from sqlalchemy import create_engine, inspect
 from alembic import command
 from backend.models import Base
 
-TABLES = {"users", "api_tokens", "jobs", "photos", "artifacts", "generations"}
+TABLES = {"users", "api_tokens", "jobs", "photos", "artifacts", "generations", "workers"}
 
 
 def schema_differences(url: str) -> list:
