@@ -26,7 +26,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("hostname", sa.String(length=200), nullable=False),
         sa.Column("gpu_name", sa.String(length=200), nullable=True),
-        sa.Column("gpu_memory_gib", sa.Float(), nullable=True),
+        sa.Column("gpu_memory_gib", sa.Double(), nullable=True),
         sa.Column("gpu_count", sa.Integer(), nullable=False),
         sa.Column("families", JSON, nullable=False),
         sa.Column("queues", JSON, nullable=False),
