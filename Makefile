@@ -10,12 +10,12 @@ STAMP := $(VENV)/.installed
 COMPAT := .venv-compat
 COMPAT_STAMP := $(COMPAT)/.installed
 
-.PHONY: run test lint format venv compat services chromium clean
+.PHONY: run test lint format venv compat services chromium docker-compose lock clean
 
 run: $(STAMP)
 	$(BIN)/dreambooth serve
 
-test: lint chromium $(COMPAT_STAMP)
+test: lint chromium docker-compose $(COMPAT_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Style is settled by ruff (configured in pyproject.toml); `make format` applies it.
@@ -50,6 +50,20 @@ $(STAMP): pyproject.toml
 # Browser tests drive Debian's Chromium (never a downloaded browser build).
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+# tests/deploy validate docker-compose.yml with Debian's docker-compose (`config` needs no Docker daemon).
+docker-compose:
+	@command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null)
+
+# The images' pinned requirements (requirements/api.txt for Dockerfile, requirements/worker.txt for
+# Dockerfile.gpu, each for its image's Python), at the versions this venv tests: run it after changing
+# pyproject.toml's dependencies (tests/deploy fails until then). torch comes from PyTorch's index instead.
+LOCK := $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --python-platform x86_64-manylinux_2_28 \
+	--custom-compile-command 'make lock' -c $(VENV)/tested.txt
+lock: $(STAMP)
+	$(BIN)/pip freeze --exclude-editable | grep -v ' @ ' | sed 's/+[^ ]*$$//' > $(VENV)/tested.txt
+	UV_PYTHON_DOWNLOADS=never $(LOCK) --python-version 3.11 -o requirements/api.txt
+	UV_PYTHON_DOWNLOADS=never $(LOCK) --python-version 3.12 --extra worker --no-emit-package torch -o requirements/worker.txt
 
 # Start the local Postgres and Redis when they are down (CI does this before `make test`).
 services:
