@@ -1,12 +1,14 @@
 """Liveness and readiness probes."""
 
+import shutil
+
 import pytest
 
 from backend import queue
 from backend.api import health
 from backend.db import make_engine
 from backend.queue import make_celery
-from backend.settings import Settings
+from backend.settings import Settings, get_settings
 
 
 def test_healthz_needs_nothing(client):
@@ -18,7 +20,7 @@ def test_healthz_needs_nothing(client):
 def test_readyz_checks_database_and_broker(client, database_url, broker):
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok", "file_store": "ok"}}
 
 
 def test_readyz_names_an_unreachable_broker(client, database_url, monkeypatch):
@@ -26,7 +28,10 @@ def test_readyz_names_an_unreachable_broker(client, database_url, monkeypatch):
     monkeypatch.setattr(queue, "client", lambda: dead)
     response = client.get("/readyz")
     assert response.status_code == 503
-    assert response.json() == {"status": "unavailable", "checks": {"database": "ok", "broker": "unavailable"}}
+    assert response.json() == {
+        "status": "unavailable",
+        "checks": {"database": "ok", "broker": "unavailable", "file_store": "ok"},
+    }
 
 
 def test_readyz_names_an_unreachable_database(client, broker, monkeypatch):
@@ -34,7 +39,30 @@ def test_readyz_names_an_unreachable_database(client, broker, monkeypatch):
     monkeypatch.setattr(health, "get_engine", lambda: dead)
     response = client.get("/readyz")
     assert response.status_code == 503
-    assert response.json()["checks"] == {"database": "unavailable", "broker": "ok"}
+    assert response.json()["checks"] == {"database": "unavailable", "broker": "ok", "file_store": "ok"}
+
+
+def test_readyz_names_a_file_store_that_takes_no_files(client, database_url, broker, tmp_path, monkeypatch):
+    # note: a folder under a plain file cannot be made by anyone (a read-only mode would not stop root)
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setattr(get_settings(), "data_dir", tmp_path / "a-file" / "data")
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "checks": {"database": "ok", "broker": "ok", "file_store": "unavailable"},
+    }
+
+
+def test_readyz_names_a_file_store_short_of_space(client, database_url, broker, data_dir, monkeypatch):
+    free = shutil.disk_usage(data_dir).free
+    monkeypatch.setattr(get_settings(), "ready_min_free_bytes", free + 2**30)
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"database": "ok", "broker": "ok", "file_store": "unavailable"}
+    monkeypatch.setattr(get_settings(), "ready_min_free_bytes", free // 2)
+    assert client.get("/readyz").status_code == 200
+    assert not [path.name for path in data_dir.iterdir() if path.name.startswith(".readyz-")]  # the probe file went
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz"])
