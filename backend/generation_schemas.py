@@ -28,6 +28,9 @@ class GenerationCreate(BaseModel):
     )
     num_images: int = Field(4, ge=1, le=MAX_IMAGES)
     step: int | None = Field(None, ge=0, le=2**31 - 1, description="A kept step of the job; default: its last")
+    webhook_url: str | None = Field(
+        None, max_length=2000, description="Where its end is POSTed (http or https); default: your default URL"
+    )
 
     @field_validator("negative_prompt")
     @classmethod
@@ -63,6 +66,7 @@ class GenerationOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    webhook_url: str | None = None  # where its end is POSTed; None: the owner's default (see backend/webhooks.py)
 
 
 class GenerationList(BaseModel):

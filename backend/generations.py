@@ -14,10 +14,10 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from backend import jobs, leases, storage
+from backend import jobs, leases, storage, webhooks
 from backend.errors import Conflict, LimitExceeded, NotFound
 from backend.leases import Ending, Lease
-from backend.models import Generation, GenerationStatus, JobStatus, User, utcnow
+from backend.models import Generation, GenerationStatus, JobStatus, User, kept_steps, utcnow
 from backend.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,11 @@ def generation_dir(job_id: uuid.UUID, generation_id: uuid.UUID) -> Path:
 # ── the owner's side ─────────────────────────────────────────────────────────────────────────
 
 
-def create_generation(session: Session, owner: User, job_id: uuid.UUID, params: dict) -> Generation:
-    """Queue a generation on the owner's finished job; `params` as GenerationCreate dumps them.
+def create_generation(
+    session: Session, owner: User, job_id: uuid.UUID, params: dict, webhook_url: str | None = None
+) -> Generation:
+    """Queue a generation on the owner's finished job; `params` as GenerationCreate dumps them (less the webhook
+    URL, passed apart: not a parameter of the images).
 
     A missing step becomes the job's last kept step and a missing seed a random one, both stored,
     so the images can be made again. The owner's row is locked meanwhile, so their cap holds.
@@ -56,7 +59,7 @@ def create_generation(session: Session, owner: User, job_id: uuid.UUID, params: 
     session.refresh(job)
     if job.status != JobStatus.succeeded:
         raise Conflict(NOT_READY[JobStatus(job.status)])
-    kept = jobs.kept_steps(job)
+    kept = kept_steps(job)
     if not kept:
         raise NotFound(f"job {job_id} kept no weights to generate from")
     step = kept[-1] if params.get("step") is None else params["step"]
@@ -81,6 +84,7 @@ def create_generation(session: Session, owner: User, job_id: uuid.UUID, params: 
         status=GenerationStatus.queued,
         params={**params, "seed": seed, "step": step},
         images=[],
+        webhook_url=webhook_url,
         created_at=now,
         enqueued_at=now,
     )
@@ -136,6 +140,7 @@ def finish_generation(
     """End the generation with its images ([{"path", "seed"}], each file already in place) and release the lease."""
     assert status in (GenerationStatus.succeeded, GenerationStatus.failed)
     leases.finish(session, lease, status, error_code, error_message, images=list(images))
+    webhooks.record_generation_event(session, lease.id)
     session.commit()
     log.info("generation %s %s%s", lease.id, status, f" ({error_code}: {error_message})" if error_code else "")
 
@@ -166,6 +171,8 @@ def end_abandoned_generations(session: Session) -> list[tuple[uuid.UUID, uuid.UU
         ),
     ]
     ended = leases.end_abandoned(session, Generation, endings, Generation.job_id)
+    for row in ended:
+        webhooks.record_generation_event(session, row.id)
     session.commit()
     for row in ended:
         log.warning("generation %s ended by the reaper (its worker is gone)", row.id)

@@ -18,9 +18,8 @@ from sqlalchemy.orm import Session
 from backend import generations, storage
 from backend.db import get_sessionmaker
 from backend.generations import generation_dir
-from backend.jobs import WEIGHT_KINDS
 from backend.leases import Lease, LeaseLost
-from backend.models import Generation, GenerationStatus, Job
+from backend.models import WEIGHT_KINDS, Generation, GenerationStatus, Job
 from backend.queue import GENERATE_TASK
 from backend.settings import get_settings
 from worker.celery_app import app

@@ -7,20 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import FileResponse
 
-from backend import generations, jobs, queue, storage
+from backend import generations, jobs, queue, storage, webhooks
+from backend.api.generation_view import generation_out
 from backend.auth import CurrentUser
 from backend.db import SessionDep
 from backend.errors import NotFound
-from backend.generation_schemas import (
-    MAX_IMAGES,
-    GenerationCreate,
-    GenerationImage,
-    GenerationList,
-    GenerationOut,
-    GenerationParams,
-)
-from backend.models import Generation
-from backend.schemas import ErrorOut
+from backend.generation_schemas import MAX_IMAGES, GenerationCreate, GenerationList, GenerationOut
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +37,10 @@ def create_generation(
 ) -> GenerationOut:
     """Queue new images from a job that succeeded, behind the GPU work already waiting;
     the generation is the reply, its URL the Location."""
-    generation = generations.create_generation(session, user, job_id, params.model_dump())
+    webhook_url = webhooks.checked_url(params.webhook_url, "webhook_url")
+    generation = generations.create_generation(
+        session, user, job_id, params.model_dump(exclude={"webhook_url"}), webhook_url
+    )
     try:
         queue.enqueue_generation(str(generation.id))
     except Exception:
@@ -89,23 +84,4 @@ def generation_image(
         media_type="image/png",
         filename=f"generation-{generation_id.hex[:8]}-{index}.png",
         content_disposition_type="inline",
-    )
-
-
-def generation_out(generation: Generation) -> GenerationOut:
-    return GenerationOut(
-        id=generation.id,
-        job_id=generation.job_id,
-        status=generation.status,
-        params=GenerationParams.model_validate(generation.params),
-        images=[
-            GenerationImage(url=f"/api/generations/{generation.id}/images/{index}", seed=image["seed"])
-            for index, image in enumerate(generation.images)
-        ],
-        error=ErrorOut(code=generation.error_code, message=generation.error_message or "")
-        if generation.error_code
-        else None,
-        created_at=generation.created_at,
-        started_at=generation.started_at,
-        finished_at=generation.finished_at,
     )
