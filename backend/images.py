@@ -17,6 +17,7 @@ import pillow_heif
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from backend.errors import DomainError, InvalidInput, PayloadTooLarge
+from backend.photo_checks import PhotoFacts, analyse
 from backend.settings import get_settings
 
 pillow_heif.register_heif_opener()
@@ -37,10 +38,13 @@ class IngestedPhoto:
     width: int
     height: int
     sha256: str
+    facts: PhotoFacts | None = None  # its quality facts and faces, when ingested with analyse=True
+    name: str = ""  # the uploaded file's name, as the client gave it (never used as a path)
 
 
-def ingest_photo(data: bytes, field: str, label: str) -> IngestedPhoto:
-    """Validate one uploaded photo and return it re-encoded; `label` names it in errors."""
+def ingest_photo(data: bytes, field: str, label: str, analyse_pixels: bool = False, name: str = "") -> IngestedPhoto:
+    """Validate one uploaded photo and return it re-encoded; `label` names it in errors. With `analyse_pixels`,
+    its quality facts and faces are measured on the decoded pixels (backend/photo_checks.py), once."""
     settings = get_settings()
     if len(data) > settings.max_photo_bytes:
         raise PayloadTooLarge(f"{label} is larger than {settings.max_photo_bytes / 2**20:.1f} MiB", field)
@@ -68,6 +72,8 @@ def ingest_photo(data: bytes, field: str, label: str) -> IngestedPhoto:
         width=rgb.width,
         height=rgb.height,
         sha256=hashlib.sha256(encoded).hexdigest(),
+        facts=analyse(rgb) if analyse_pixels else None,
+        name=name,
     )
 
 

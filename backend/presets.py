@@ -73,6 +73,7 @@ PRESETS: dict[str, Preset] = {
                 "num_class_images": 200,
                 "prior_loss_weight": 1.0,
                 "train_text_encoder": True,
+                "crop": "face",
             },
         ),
         Preset(
@@ -101,6 +102,7 @@ PRESETS: dict[str, Preset] = {
                 "gradient_checkpointing": True,
                 "train_batch_size": 1,
                 "gradient_accumulation_steps": 2,
+                "crop": "face",
             },
         ),
         Preset(
@@ -128,6 +130,7 @@ PRESETS: dict[str, Preset] = {
                 # note: train_dreambooth_lora_sdxl.py's default; class images at 1024 px are costly to generate
                 "num_class_images": 100,
                 "prior_loss_weight": 1.0,
+                "crop": "face",
                 "train_text_encoder": True,
             },
         ),

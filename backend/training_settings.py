@@ -165,6 +165,16 @@ class TrainingSettings(BaseModel):
     )  # fmt: skip
     center_crop: bool = setting(False, group="Photos", help="Crop the centre of each photo instead of a random square")
     random_flip: bool = setting(False, group="Photos", help="Mirror photos at random, for more variety")
+    crop: Literal["auto", "center", "random", "face"] = setting(
+        "auto", group="Photos",
+        help="How each photo is cut to a square: face crops around the detected face (faces presets), center the "
+        "middle, random a different square each time; auto follows center_crop",
+    )  # fmt: skip
+    caption_mode: Literal["instance_only", "instance_plus_caption"] = setting(
+        "instance_only", group="Photos",
+        help="instance_plus_caption trains each photo on the instance prompt followed by its caption; instance_only "
+        "on the instance prompt alone",
+    )  # fmt: skip
 
     # ---------------------------------------------------------------- memory
     train_batch_size: int = setting(4, group="Memory", ge=1, le=64, help="Photos per step")

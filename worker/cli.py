@@ -139,23 +139,27 @@ def make_model(args: argparse.Namespace) -> None:
 def train(args: argparse.Namespace) -> None:
     """Train on a folder of photos without the server, with a server job's settings, printing progress."""
     from backend import storage
-    from worker.core_config import core_config, drop_training_state
+    from worker.core_config import core_config, drop_training_state, local_photos
 
     settings = _validated_settings(args)
-    photos = _photos_in(args.photos, "--photos")
+    photos, checks = local_photos(settings, _photos_in(args.photos, "--photos"))
     class_photos = _photos_in(args.class_photos, "--class-photos") if args.class_photos else ()
     # note: torch and diffusers take seconds to import, so only once the settings and photos are good
     from worker.dreambooth.train import train as run
 
     config = core_config(
         settings,
-        instance_images=photos,
+        **photos,
         class_images=class_photos,
         output_dir=Path(args.output),
         models_dir=Path(args.models_dir) if args.models_dir else storage.models_dir(),
         resume_from_checkpoint=args.resume_from_checkpoint,
         device=args.device,
     )
+
+    for path, check in zip(photos["instance_images"], checks):
+        for warning in check.warnings:
+            print(f"warning: {path.name}: {warning.message}")
 
     def report(progress) -> None:
         loss = f"{progress.loss:.4f}" if progress.loss is not None else "-"
@@ -258,7 +262,10 @@ def _setting_help(setting: SettingOut) -> str:
 def _add_local_run_options(parser: argparse.ArgumentParser) -> None:
     """The options of `train` that a server job does not have: its folders and device."""
     local = parser.add_argument_group("Local run")
-    local.add_argument("--photos", required=True, metavar="FOLDER", help="folder of instance photos")
+    local.add_argument(
+        "--photos", required=True, metavar="FOLDER",
+        help="folder of instance photos (NAME.txt beside NAME.jpg: its caption)",
+    )  # fmt: skip
     local.add_argument(
         "--class-photos",
         metavar="FOLDER",

@@ -6,7 +6,14 @@ One mapping for the worker's jobs and the local `dreambooth train`, so both run 
 import dataclasses
 import math
 import shutil
+from collections.abc import Sequence
+from pathlib import Path
 
+from PIL import Image, ImageOps
+
+from backend import storage
+from backend.models import Photo
+from backend.photo_checks import PhotoCheck, analyse, assess_photos
 from backend.settings import get_settings
 from worker.dreambooth.config import STATE_DIR, TrainConfig
 
@@ -29,6 +36,39 @@ def core_config(settings: dict, **run) -> TrainConfig:
     options["checkpoints_total_limit"] = 1
     scorer = get_settings().scorer_model
     return TrainConfig(**options, scorer_model=None if scorer == "none" else scorer, **run)
+
+
+def job_photos(photos: Sequence[Photo]) -> dict:
+    """A job's photos as the core takes them: files, and each instance photo's stored crop box and caption."""
+    instance = [photo for photo in photos if photo.kind == "instance"]
+    return {
+        "instance_images": tuple(storage.resolve(photo.path) for photo in instance),
+        "instance_crop_boxes": tuple(tuple(photo.crop_box) if photo.crop_box else None for photo in instance),
+        "instance_captions": tuple(photo.caption for photo in instance),
+        "class_images": tuple(storage.resolve(photo.path) for photo in photos if photo.kind == "class"),
+    }
+
+
+def local_photos(settings: dict, paths: Sequence[Path]) -> tuple[dict, list[PhotoCheck]]:
+    """Photos in a folder as the core takes them, checked as the server checks uploads (crop boxes, warnings),
+    with kohya's captions: NAME.txt beside NAME.jpg."""
+    captions = [_caption_beside(path) for path in paths]
+    facts = []
+    for path in paths:
+        with Image.open(path) as file:
+            facts.append(analyse(ImageOps.exif_transpose(file).convert("RGB")))
+    checks = assess_photos(facts, [path.name for path in paths], settings, captions)
+    inputs = {
+        "instance_images": tuple(paths),
+        "instance_crop_boxes": tuple(check.crop_box for check in checks),
+        "instance_captions": tuple(captions),
+    }
+    return inputs, checks
+
+
+def _caption_beside(path: Path) -> str | None:
+    caption_file = path.with_suffix(".txt")
+    return (caption_file.read_text(encoding="utf-8").strip() or None) if caption_file.is_file() else None
 
 
 def default_checkpointing_steps(max_train_steps: int) -> int:

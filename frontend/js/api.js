@@ -79,17 +79,41 @@ export async function readEvents(
 }
 
 /**
- * POST /api/jobs with the photos and settings; XMLHttpRequest, whose upload progress events fetch lacks.
+ * The photos, settings and captions (file name → caption) as the create-job form.
  * @param {File[]} files
  * @param {Record<string, any>} settings
+ * @param {Record<string, string>} captions
+ */
+function photoForm(files, settings, captions) {
+  const body = new FormData();
+  for (const file of files) body.append("photos", file, file.name);
+  body.append("settings", JSON.stringify(settings));
+  if (Object.keys(captions).length) body.append("captions", JSON.stringify(captions));
+  return body;
+}
+
+/**
+ * POST /api/photos/preview: each photo's crop box, prompt and warnings as the trainer will use them.
+ * @param {File[]} files
+ * @param {Record<string, any>} settings
+ * @param {Record<string, string>} captions
+ * @param {AbortSignal} signal
+ */
+export function previewPhotos(files, settings, captions, signal) {
+  return api("/api/photos/preview", { method: "POST", body: photoForm(files, settings, captions), signal });
+}
+
+/**
+ * POST /api/jobs with the photos, settings and captions; XMLHttpRequest, whose upload progress events fetch lacks.
+ * @param {File[]} files
+ * @param {Record<string, any>} settings
+ * @param {Record<string, string>} captions
  * @param {(fraction: number) => void} onProgress
  * @returns {Promise<any>} the new job
  */
-export function uploadJob(files, settings, onProgress) {
+export function uploadJob(files, settings, captions, onProgress) {
   return new Promise((resolve, reject) => {
-    const body = new FormData();
-    for (const file of files) body.append("photos", file, file.name);
-    body.append("settings", JSON.stringify(settings));
+    const body = photoForm(files, settings, captions);
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/api/jobs");
     xhr.setRequestHeader("Authorization", `Bearer ${session.token}`);

@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from formats.captions import CAPTION_MODES, photo_prompt
 from formats.embedding import dreambooth_method
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
@@ -41,6 +42,12 @@ class TrainConfig:
     center_crop: bool = False  # False = random crop, as the reference script
     random_flip: bool = False  # horizontal flip with probability 0.5
     train_batch_size: int = 1  # instance photos per micro-step (as many class images ride along)
+    # each instance photo's square crop, (left, top, right, bottom) in its pixels, chosen at upload (face crops);
+    # None for a photo, or () for all: center_crop / random crops as above
+    instance_crop_boxes: tuple[tuple[int, int, int, int] | None, ...] = ()
+    crop: str = "auto"  # the crop setting the boxes were chosen by (backend/photo_checks.py); the boxes decide
+    instance_captions: tuple[str | None, ...] = ()  # each instance photo's caption; () = none
+    caption_mode: str = "instance_only"  # "instance_plus_caption": each photo's prompt is instance prompt + caption
 
     # optimisation
     train_text_encoder: bool = False  # fine-tune the text encoder with the UNet (the study: best quality)
@@ -105,10 +112,21 @@ class TrainConfig:
 
     def __post_init__(self):
         """Refuse settings the training loop cannot run with; take any sequence where a tuple is due."""
-        for name in ("instance_images", "class_images", "validation_prompts"):
+        for name in (
+            "instance_images",
+            "class_images",
+            "validation_prompts",
+            "instance_crop_boxes",
+            "instance_captions",
+        ):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if not self.instance_images:
             raise ValueError("instance_images is empty")
+        for name in ("instance_crop_boxes", "instance_captions"):
+            if getattr(self, name) and len(getattr(self, name)) != len(self.instance_images):
+                raise ValueError(f"{name} must have one entry per instance image, or none")
+        if self.caption_mode not in CAPTION_MODES:
+            raise ValueError(f"caption_mode must be instance_only or instance_plus_caption, not {self.caption_mode!r}")
         counts = (self.max_train_steps, self.train_batch_size, self.gradient_accumulation_steps, self.sample_batch_size)
         if min(counts) < 1:
             raise ValueError(
@@ -147,6 +165,17 @@ class TrainConfig:
     def adapter_method(self) -> str:
         """What the Dreambooth steps train: "full" or "lora" (pivotal tuning's phase two, for a pivotal run)."""
         return dreambooth_method(self.training_method, self.pivotal_second_phase)
+
+    @property
+    def crop_boxes(self) -> tuple[tuple[int, int, int, int] | None, ...]:
+        """Each instance photo's crop box (None: center_crop or random crops)."""
+        return self.instance_crop_boxes or (None,) * len(self.instance_images)
+
+    @property
+    def photo_prompts(self) -> tuple[str, ...]:
+        """Each instance photo's prompt: the instance prompt, and with instance_plus_caption its caption after."""
+        captions = self.instance_captions or (None,) * len(self.instance_images)
+        return tuple(photo_prompt(self.instance_prompt, caption, self.caption_mode) for caption in captions)
 
     @property
     def inversion_steps(self) -> int:

@@ -14,16 +14,28 @@ CROP_POSITIONS = 8  # random crop: at most this many crops per photo, spread alo
 
 
 ORIGINAL_SIZE = "original_size"  # a loaded photo's info key: its (height, width) before resizing
+# A loaded photo's info key: the (top, left) its crop box starts at, in the photo scaled as the crop was (SDXL's
+# crop conditioning adds it to the crop origin); absent without a crop box.
+CROP_OFFSET = "crop_offset"
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom in pixels (PIL's box)
 
 
-def load_photo(path: Path, resolution: int) -> Image.Image:
+def load_photo(path: Path, resolution: int, crop_box: Box | None = None) -> Image.Image:
     """Open a photo upright in RGB with its shortest side resized to `resolution` (info[ORIGINAL_SIZE]: the size
-    it had, which SDXL is conditioned on)."""
+    it had, which SDXL is conditioned on). With a `crop_box` (a square the API chose at upload, in the stored
+    photo's pixels: a face crop, say), that square alone, resized to resolution x resolution."""
     with Image.open(path) as file:
         image = ImageOps.exif_transpose(file).convert("RGB")
-    scale = resolution / min(image.size)
-    size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
-    resized = image.resize(size, Image.Resampling.LANCZOS)
+    if crop_box is not None:
+        left, top, right, _bottom = crop_box
+        scale = resolution / (right - left)
+        resized = image.crop(crop_box).resize((resolution, resolution), Image.Resampling.LANCZOS)
+        resized.info[CROP_OFFSET] = (round(top * scale), round(left * scale))
+    else:
+        scale = resolution / min(image.size)
+        size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
+        resized = image.resize(size, Image.Resampling.LANCZOS)
     resized.info[ORIGINAL_SIZE] = (image.height, image.width)
     return resized
 
@@ -43,7 +55,8 @@ def crop_origin(
 def time_ids(image: Image.Image, origin: tuple[int, int], resolution: int) -> list[int]:
     """SDXL's size and crop conditioning of a crop: original height and width, crop top and left, target size."""
     height, width = image.info.get(ORIGINAL_SIZE, (image.height, image.width))
-    return [height, width, *origin, resolution, resolution]
+    top, left = image.info.get(CROP_OFFSET, (0, 0))
+    return [height, width, origin[0] + top, origin[1] + left, resolution, resolution]
 
 
 def to_tensor(
@@ -164,25 +177,40 @@ def batch_order(
 
 
 class PromptEmbeddings:
-    """The conditioning of the instance prompt (and the class prompt) expanded to a batch.
+    """The conditioning of each instance photo's prompt (and the class prompt) expanded to a batch.
 
-    The prompts are the same for every image of a half-batch, so the encoders run on the distinct
-    prompts only: once up front when frozen, once per micro-step (with gradients) when trained.
+    Photos share few prompts (one, without captions), so the encoders run on the distinct prompts only: all of
+    them once up front when frozen, the batch's own once per micro-step (with gradients) when trained.
     """
 
-    def __init__(self, family, tokenizers: tuple, text_encoders: tuple, prompts: list[str], trained: bool):
-        self.family, self.tokenizers, self.prompts = family, tokenizers, prompts
+    def __init__(
+        self, family, tokenizers: tuple, text_encoders: tuple, photo_prompts: Sequence[str], class_prompt: str | None,
+        trained: bool,
+    ):  # fmt: skip
+        self.family, self.tokenizers = family, tokenizers
+        self.prompts = list(dict.fromkeys([*photo_prompts, *([class_prompt] if class_prompt else [])]))
+        self.photo_rows = [self.prompts.index(prompt) for prompt in photo_prompts]
+        self.class_row = self.prompts.index(class_prompt) if class_prompt else None
         self.text_encoders = text_encoders if trained else None
         if not trained:
             with torch.no_grad():
-                self.cached = family.encode(tokenizers, text_encoders, prompts)
+                self.cached = family.encode(tokenizers, text_encoders, self.prompts)
 
-    def __call__(self, instances: int, classes: int):
-        """The batch's Conditioning: `instances` rows of the instance prompt, then `classes` of the class prompt."""
-        conditioning = (
-            self.cached if self.text_encoders is None else self.family.encode(
-                self.tokenizers, self.text_encoders, self.prompts
-            )
-        )  # fmt: skip
-        which = torch.tensor([0] * instances + [1] * classes, device=conditioning.hidden.device)
-        return conditioning.rows(which)
+    def __call__(self, photos: torch.Tensor, classes: int):
+        """The batch's Conditioning: a row of each of the instance `photos`' prompt (indices into the photo set),
+        then `classes` rows of the class prompt."""
+        rows = [self.photo_rows[i] for i in photos.tolist()] + [self.class_row] * classes
+        if self.text_encoders is None:
+            return self.cached.rows(torch.tensor(rows, device=self.cached.hidden.device))
+        # note: a trained encoder runs on the batch's own distinct prompts only, not on every photo's caption
+        needed = list(dict.fromkeys(rows))
+        conditioning = self.family.encode(self.tokenizers, self.text_encoders, [self.prompts[i] for i in needed])
+        return conditioning.rows(torch.tensor([needed.index(row) for row in rows], device=conditioning.hidden.device))
+
+
+def overlong_prompts(tokenizers: tuple, prompts: Sequence[str]) -> list[tuple[str, int]]:
+    """Each prompt longer than the tokenizer's limit (start and end tokens included), with its length in tokens:
+    the encoders read only the first model_max_length of them."""
+    tokenizer = tokenizers[0]  # note: a family's tokenizers share one vocabulary and limit
+    lengths = [(prompt, len(tokenizer(prompt).input_ids)) for prompt in prompts]
+    return [(prompt, length) for prompt, length in lengths if length > tokenizer.model_max_length]

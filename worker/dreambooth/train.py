@@ -19,7 +19,7 @@ from diffusers.training_utils import set_seed
 
 from .components import ComponentCache, Components, base_model_family, frozen_on, load_components, release
 from .config import MemoryPlan, Progress, TrainConfig, TrainResult
-from .data import LatentSource, PromptEmbeddings, batch_order, load_photo
+from .data import LatentSource, PromptEmbeddings, batch_order, load_photo, overlong_prompts
 from .errors import TRAINING_OUT_OF_MEMORY, out_of_memory_as_error
 from .export import export_run
 from .families import Conditioning
@@ -115,7 +115,7 @@ def _train(config: TrainConfig, hooks: _Hooks, models: ComponentCache | None, on
         if start:
             log.info("resuming from %s at step %d of %d", state_path, start, config.total_steps)
         forget_after(config.output_dir, start)
-        photos = [load_photo(p, config.resolution) for p in config.instance_images]
+        photos = [load_photo(p, config.resolution, box) for p, box in zip(config.instance_images, config.crop_boxes)]
         validator = Validator(config, parts, accelerator, photos, start, hooks.on_progress, hooks.on_validation)
         if config.training_method == "pivotal":
             parts, saved = _invert(config, parts, accelerator, saved, base_seed, validator, hooks, photos)
@@ -264,11 +264,15 @@ class _TrainingData:
         self.instances = LatentSource(vae, self.photos, *crop)
         class_photos = [load_photo(p, config.resolution) for p in class_paths]
         self.classes = LatentSource(vae, class_photos, *crop) if class_paths else None
-        instance_prompt = with_placeholders(config.instance_prompt, config) if config.inversion_steps else None
-        prompts = [instance_prompt or config.instance_prompt] + ([config.class_prompt] if class_paths else [])
+        prompts = [with_placeholders(p, config) if config.inversion_steps else p for p in config.photo_prompts]
+        for prompt, length in overlong_prompts(parts.tokenizers, prompts):
+            log.warning("prompt of %d tokens is cut to the text encoder's limit: %r", length, prompt)
         text_encoders = run.text_encoders or tuple(frozen_on(m, device, dtype) for m in parts.text_encoders)
         self.family = parts.family
-        self.embed = PromptEmbeddings(parts.family, parts.tokenizers, text_encoders, prompts, bool(run.text_encoders))
+        class_prompt = config.class_prompt if class_paths else None
+        self.embed = PromptEmbeddings(
+            parts.family, parts.tokenizers, text_encoders, prompts, class_prompt, bool(run.text_encoders)
+        )
         self.noise_scheduler = parts.noise_scheduler
         self.prior_weight = config.prior_loss_weight if class_paths else None
         count = max(len(self.photos), len(class_photos))
@@ -283,13 +287,14 @@ class _TrainingData:
         """(latents, their time ids, the prompts' conditioning, how many are instance photos): the instances,
         then as many class images."""
         indices = next(self.order)
-        latents, time_ids = self.instances(indices % len(self.instances.photos), run.data_gen, run.noise_gen)
+        photos = indices % len(self.instances.photos)
+        latents, time_ids = self.instances(photos, run.data_gen, run.noise_gen)
         classes = 0
         if self.classes:
             class_latents, class_ids = self.classes(indices % len(self.classes.photos), run.data_gen, run.noise_gen)
             latents, time_ids = torch.cat([latents, class_latents]), torch.cat([time_ids, class_ids])
             classes = len(indices)
-        return latents, time_ids, self.embed(len(indices), classes), len(indices)
+        return latents, time_ids, self.embed(photos, classes), len(indices)
 
 
 # ---------------------------------------------------------------------- setup

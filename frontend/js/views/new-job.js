@@ -27,11 +27,17 @@ export function showNewJob(/** @type {View} */ current) {
   buildPresetCards(slot.presets, model, model.presets[0], choosePreset);
   buildSettingsFields(form, { advanced: slot.advancedFields, expert: slot.expert, expertFields: slot.expertFields });
   const resolution = () => Number(form.resolution.value) || settingNamed("resolution").default;
-  const photos = new PhotoSet({ dropzone: slot.dropzone, thumbs: slot.thumbs, warnings: slot.warnings }, resolution, current.signal);
+  const slots = { dropzone: slot.dropzone, thumbs: slot.thumbs, warnings: slot.warnings };
+  const photos = new PhotoSet(slots, resolution, current.signal, () => readSettings(form));
   applyPreset(form, model.presets[0], model);
   showFamily(form, slot.presetsFor, model);
   form.base_model?.addEventListener("change", () => switchModel(form, slot, choosePreset));
   form.resolution.addEventListener("input", () => photos.render());
+  // note: the server's crop boxes and checks depend on these settings, so it previews again when they change
+  form.addEventListener("change", (event) => {
+    const name = /** @type {HTMLInputElement} */ (event.target).name;
+    if (["resolution", "crop", "center_crop", "caption_mode", "instance_prompt", "preset"].includes(name)) photos.preview();
+  });
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     submitJob(slot, photos, current);
@@ -70,7 +76,7 @@ async function submitJob(/** @type {Record<string, any>} */ slot, /** @type {Pho
   setUploading(slot, true);
   try {
     const files = photos.items.map((item) => item.file);
-    const job = await uploadJob(files, readSettings(form), (fraction) => showUploadProgress(slot, fraction));
+    const job = await uploadJob(files, readSettings(form), photos.captions(), (fraction) => showUploadProgress(slot, fraction));
     if (isCurrent(current)) go(`#/jobs/${job.id}`);
   } catch (error) {
     const { status, field, message } = /** @type {import("../api.js").ApiError} */ (error);

@@ -1,7 +1,10 @@
 // @ts-check
 // The new job's photos: thumbnails showing the square the trainer keeps, and warnings (too few,
-// duplicates, small, over the server's limits, unreadable) before anything is uploaded.
+// duplicates, small, over the server's limits, unreadable) before anything is uploaded. Once the server has
+// previewed them (POST /api/photos/preview), each thumbnail shows the crop box the server chose (the one training
+// uses, faces included), the server's warnings, and an editable caption.
 
+import { previewPhotos } from "../api.js";
 import { cloneTemplate, element } from "../dom.js";
 import { formatBytes, plural } from "../format.js";
 import { session } from "../session.js";
@@ -17,7 +20,12 @@ const MIN_PHOTOS = 3;
  * @property {string | null} hash SHA-256 of the file, to find duplicates
  * @property {boolean} unreadable
  * @property {ImageBitmap | null} bitmap
+ * @property {string} caption the user's caption (sent as the `captions` form field)
+ * @property {any | null} server the server's preview of it: crop_box, width, height, checks, prompt
  */
+
+// note: a preview decodes every photo on the server; wait for the user to pause before asking
+const PREVIEW_DELAY_MS = 400;
 
 /** The chosen photos, drawn into `thumbs` with their `warnings`; `resolution()` is the training size. */
 export class PhotoSet {
@@ -25,12 +33,19 @@ export class PhotoSet {
    * @param {{dropzone: HTMLElement, thumbs: HTMLElement, warnings: HTMLElement}} slots
    * @param {() => number} resolution
    * @param {AbortSignal} signal aborts when the view is left
+   * @param {() => Record<string, any>} settings the form's settings, for the server's preview
    */
-  constructor({ dropzone, thumbs, warnings }, resolution, signal) {
+  constructor({ dropzone, thumbs, warnings }, resolution, signal, settings) {
     this.dropzone = dropzone;
     this.thumbs = thumbs;
     this.warnings = warnings;
     this.resolution = resolution;
+    this.settings = settings;
+    this.signal = signal;
+    /** @type {number | undefined} */
+    this.previewTimer = undefined;
+    /** @type {AbortController | null} */
+    this.previewing = null;
     /** @type {Photo[]} */
     this.items = [];
     this.nextId = 1;
@@ -64,11 +79,38 @@ export class PhotoSet {
   add(/** @type {File[]} */ files) {
     for (const file of files) {
       /** @type {Photo} */
-      const item = { id: this.nextId++, file, width: 0, height: 0, hash: null, unreadable: false, bitmap: null };
+      const item = { id: this.nextId++, file, width: 0, height: 0, hash: null, unreadable: false, bitmap: null, caption: "", server: null };
       this.items.push(item);
       inspectPhoto(item).then(() => this.render());
     }
     this.render();
+    this.preview();
+  }
+
+  /** Captions by file name, as the server takes them (empty ones left out). */
+  captions() {
+    return Object.fromEntries(this.items.filter((item) => item.caption.trim()).map((item) => [item.file.name, item.caption.trim()]));
+  }
+
+  /** Ask the server, a moment from now, how it will crop and judge the photos under the form's settings. */
+  preview() {
+    clearTimeout(this.previewTimer);
+    this.previewTimer = window.setTimeout(() => this.fetchPreview(), PREVIEW_DELAY_MS);
+  }
+
+  async fetchPreview() {
+    this.previewing?.abort();
+    const items = [...this.items];
+    if (!items.length || this.signal.aborted) return;
+    const controller = (this.previewing = new AbortController());
+    try {
+      const answer = await previewPhotos(items.map((item) => item.file), this.settings(), this.captions(), controller.signal);
+      if (controller.signal.aborted) return;
+      items.forEach((item, index) => (item.server = answer.photos[index]));
+      this.render();
+    } catch {
+      // note: an unreadable file or a half-filled form: the thumbnails keep the page's own guesses until submit
+    }
   }
 
   remove(/** @type {number} */ id) {
@@ -76,6 +118,7 @@ export class PhotoSet {
     if (item && item.bitmap) item.bitmap.close();
     this.items = this.items.filter((candidate) => candidate.id !== id);
     this.render();
+    this.preview();
     this.input.focus();
   }
 
@@ -93,20 +136,45 @@ export class PhotoSet {
     tile.name.title = item.file.name;
     tile.remove.setAttribute("aria-label", `Remove ${item.file.name}`);
     tile.remove.addEventListener("click", () => this.remove(item.id));
+    const box = item.server?.crop_box ?? null;
     if (item.bitmap) {
-      drawCenterCrop(tile.canvas, item.bitmap);
-      tile.size.textContent = `${item.width}×${item.height} → ${resolution}×${resolution}`;
+      drawCrop(tile.canvas, item.bitmap, item.server);
+      const random = item.server && !box ? ", random crops" : "";
+      tile.size.textContent = `${item.width}×${item.height} → ${resolution}×${resolution}${random}`;
     } else {
       tile.size.textContent = item.unreadable ? "not readable as an image" : "reading…";
     }
+    tile.canvas.dataset.cropBox = box ? box.join(",") : "";
     const flags = [];
     if (item.unreadable) flags.push("unreadable");
     if (duplicates.has(item.id)) flags.push("duplicate");
     if (isSmall(item, resolution)) flags.push("small");
     if (isTooLarge(item)) flags.push("too large");
-    tile.flags.replaceChildren(...flags.map((flag) => element("span", flag, "flag")));
-    tile.element.classList.toggle("has-warning", flags.length > 0);
+    const shown = flags.map((flag) => element("span", flag, "flag"));
+    for (const warning of item.server?.checks?.warnings ?? []) {
+      const flag = element("span", warning.code.replaceAll("_", " "), "flag");
+      flag.title = warning.message;
+      flag.dataset.code = warning.code;
+      shown.push(flag);
+    }
+    tile.flags.replaceChildren(...shown);
+    tile.element.classList.toggle("has-warning", shown.length > 0);
+    tile.element.append(this.captionInput(item));
     return tile.element;
+  }
+
+  captionInput(/** @type {Photo} */ item) {
+    const input = document.createElement("input");
+    input.type = "text";
+    input.className = "thumb-caption";
+    input.placeholder = "caption (optional)";
+    input.maxLength = 1000;
+    input.value = item.caption;
+    input.setAttribute("aria-label", `Caption of ${item.file.name}`);
+    input.addEventListener("input", () => (item.caption = input.value));
+    // note: on change, not on every key: a preview re-draws the thumbnails, which would take the focus away
+    input.addEventListener("change", () => this.preview());
+    return input;
   }
 }
 
@@ -127,11 +195,22 @@ async function sha256(/** @type {File} */ file) {
   return [...new Uint8Array(digest)].map((byte) => byte.toString(16).padStart(2, "0")).join("");
 }
 
-/** The square the trainer keeps from the photo's centre, scaled to the canvas. */
-function drawCenterCrop(/** @type {HTMLCanvasElement} */ canvas, /** @type {ImageBitmap} */ bitmap) {
-  const side = Math.min(bitmap.width, bitmap.height);
-  const left = (bitmap.width - side) / 2;
-  const top = (bitmap.height - side) / 2;
+/**
+ * The square the trainer keeps, scaled to the canvas: the server's crop box (in its stored photo's pixels, which
+ * may be smaller than the file's), else the photo's centre.
+ * @param {HTMLCanvasElement} canvas
+ * @param {ImageBitmap} bitmap
+ * @param {any | null} server
+ */
+function drawCrop(canvas, bitmap, server) {
+  let side = Math.min(bitmap.width, bitmap.height);
+  let left = (bitmap.width - side) / 2;
+  let top = (bitmap.height - side) / 2;
+  if (server?.crop_box) {
+    const scale = bitmap.width / server.width;
+    [left, top] = [server.crop_box[0] * scale, server.crop_box[1] * scale];
+    side = (server.crop_box[2] - server.crop_box[0]) * scale;
+  }
   canvas.getContext("2d")?.drawImage(bitmap, left, top, side, side, 0, 0, canvas.width, canvas.height);
 }
 
