@@ -9,11 +9,12 @@ import logging
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from backend import leases, storage
+from backend import leases, storage, webhooks
+from backend.db import consistent_reads
 from backend.errors import LimitExceeded, NotFound, StorageFailed
 from backend.images import IngestedPhoto
 from backend.leases import Ending, Lease
@@ -26,6 +27,7 @@ from backend.models import (
     User,
     utcnow,
 )
+from backend.photo_checks import PhotoCheck
 from backend.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -42,9 +44,12 @@ def create_job(
     class_photos: list[IngestedPhoto] = (),
     idempotency_key: str | None = None,
     family: str | None = None,
+    checks: list[PhotoCheck] | None = None,
+    webhook_url: str | None = None,
 ) -> Job:
     """Store the photos under generated names and insert the job, all or nothing. `family` is the base model's
-    (backend/base_models.py), None when it could not be told.
+    (backend/base_models.py), None when it could not be told; `checks`: each instance photo's crop box, caption
+    and warnings (backend/photo_checks.py), stored on its row for the worker and the page.
 
     With an idempotency key the owner already used, that job is returned and nothing is stored.
     The owner's row is locked meanwhile, so their quotas hold under concurrent requests.
@@ -64,6 +69,7 @@ def create_job(
         total_steps=settings["max_train_steps"],
         idempotency_key=idempotency_key,
         family=family,
+        webhook_url=webhook_url,
         created_at=now,
         enqueued_at=now,
     )
@@ -81,6 +87,7 @@ def create_job(
                         height=photo.height,
                         sha256=photo.sha256,
                         size_bytes=len(photo.data),
+                        **(_checked(checks[position], photo) if kind == "instance" and checks else {}),
                     )
                 )
         session.add(job)
@@ -103,6 +110,12 @@ def create_job(
         raise
     log.info("job %s created by %s with %d photos", job.id, owner.name, len(photos))
     return job
+
+
+def _checked(check: PhotoCheck, photo: IngestedPhoto) -> dict:
+    """The Photo columns of an instance photo's checks."""
+    box = list(check.crop_box) if check.crop_box else None
+    return {"name": photo.name, "crop_box": box, "checks": check.as_dict(), "caption": check.caption}
 
 
 def find_job_by_key(session: Session, owner: User, idempotency_key: str) -> Job | None:
@@ -175,20 +188,43 @@ def get_job(session: Session, owner: User, job_id: uuid.UUID) -> Job:
     return job
 
 
+def job_version(session: Session, owner: User, job_id: uuid.UUID) -> str | None:
+    """A tag that changes whenever anything the owner sees of the job does: one cheap query, so a poller whose
+    job did not change is answered without loading it. None where the database cannot tell (SQLite), or when
+    the job is not the owner's.
+
+    note: Postgres gives every new version of a row a new `xmin` (the transaction that wrote it), and every
+    write to a job's artifacts also writes its row (under the lease); the artifacts' count and newest id are
+    added anyway, so that a change to them alone still shows.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    consistent_reads(session)
+    count = select(func.count(Artifact.id)).where(Artifact.job_id == Job.id).scalar_subquery()
+    newest = select(func.max(Artifact.id)).where(Artifact.job_id == Job.id).scalar_subquery()
+    row = session.execute(
+        select(text("jobs.xmin::text"), count, newest).where(Job.id == job_id, Job.owner_id == owner.id)
+    ).first()
+    return None if row is None else "-".join(str(value) for value in row)
+
+
 def request_cancel(session: Session, owner: User, job_id: uuid.UUID) -> Job:
     """Cancel a job. Idempotent: a finished job is left as it is.
 
-    A queued job is cancelled at once and never starts; a running one gets a flag that its
-    training loop checks every step.
+    A queued job is cancelled at once and never starts (its webhook event commits with it); a running one gets a
+    flag that its training loop checks every step.
     """
     job = get_job(session, owner, job_id)
     now = utcnow()
-    session.execute(
+    cancelled = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.status == JobStatus.queued)
         .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=now, phase=None)
-    )
+        .returning(Job.id)
+    ).first()
     session.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.running).values(cancel_requested=True))
+    if cancelled:
+        webhooks.record_job_event(session, job.id)
     session.commit()
     session.refresh(job)
     return job
@@ -208,7 +244,9 @@ def delete_job(session: Session, owner: User, job_id: uuid.UUID) -> None:
 
 def claim_job(session: Session, job_id: uuid.UUID) -> Lease | None:
     """Take the job if it is free (see leases.claim) and its owner has not cancelled it."""
-    return leases.claim(session, Job, job_id, Job.cancel_requested.is_(False), phase="preparing", claimed_at=utcnow())
+    return leases.claim(
+        session, Job, job_id, Job.cancel_requested.is_(False), phase="preparing", claimed_at=utcnow(), note=None
+    )
 
 
 def _update_job(session: Session, lease: Lease, **values) -> bool:
@@ -238,13 +276,6 @@ def record_progress(
 
 # Artifacts a run makes while it trains (the rest come with finish_job).
 VALIDATION_KINDS = ("sample", "weights")
-# Artifacts that hold a step's whole weights: what ?step=N downloads and generations start from.
-WEIGHT_KINDS = ("pipeline", "weights")
-
-
-def kept_steps(job: Job) -> list[int]:
-    """The steps whose weights the job kept, ascending (the last is the final step once it succeeded)."""
-    return sorted({artifact.step for artifact in job.artifacts if artifact.kind in WEIGHT_KINDS})
 
 
 def record_validation(
@@ -308,8 +339,8 @@ def finish_job(
 ) -> None:
     """End the job in a terminal state, with the files it made, and release the lease.
 
-    The artifacts (each file written atomically before this is called) and the status change
-    commit together, so a job never succeeds without its outputs or shows outputs twice.
+    The artifacts (each file written atomically before this is called), the status change and the webhook
+    event commit together, so a job never succeeds without its outputs or shows outputs twice.
     """
     assert status in TERMINAL_STATUSES
     leases.finish(session, lease, status, error_code, error_message, phase=None, eta_seconds=None)
@@ -320,6 +351,7 @@ def finish_job(
     for artifact in artifacts:
         artifact.job_id = lease.id
     session.add_all(artifacts)
+    webhooks.record_job_event(session, lease.id)
     session.commit()
     log.info("job %s %s%s", lease.id, status, f" ({error_code}: {error_message})" if error_code else "")
 
@@ -357,6 +389,8 @@ def end_abandoned_jobs(session: Session) -> list[uuid.UUID]:
     if ended:
         # note: their files go too (the reaper removes them once this commits)
         session.execute(delete(Artifact).where(Artifact.job_id.in_(ended)))
+    for job_id in ended:
+        webhooks.record_job_event(session, job_id)
     session.commit()
     for job_id in ended:
         log.warning("job %s ended by the reaper (its worker is gone or over time)", job_id)
@@ -370,9 +404,11 @@ def timeout_message(limit_seconds: float) -> str:
     )
 
 
-def jobs_to_wake(session: Session) -> list[uuid.UUID]:
-    """Jobs that need another wake-up call (see leases.to_wake) unless cancelled, each marked as sent now."""
-    return leases.to_wake(session, Job, Job.cancel_requested.is_(False))
+def jobs_to_wake(session: Session) -> list[tuple[uuid.UUID, str | None]]:
+    """Jobs that need another wake-up call (see leases.to_wake) unless cancelled, each marked as sent now, with
+    the queue each was routed to."""
+    ids = leases.to_wake(session, Job, Job.cancel_requested.is_(False))
+    return [(row.id, row.queue) for row in session.execute(select(Job.id, Job.queue).where(Job.id.in_(ids)))]
 
 
 def purge_expired_photos(session: Session) -> list[uuid.UUID]:

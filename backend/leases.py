@@ -171,8 +171,10 @@ def to_wake(session: Session, model: type[LeasedWork], *conditions: ColumnElemen
     """Work that needs another wake-up call and meets `conditions`, each marked as sent now; returns the ids.
 
     Queued work whose last call is older than `requeue_queued_after_seconds` (the message may be
-    lost), and stale work with attempts left, once per stale period (the claim takes it over). A
-    second message for the same work is harmless: the claim lets one through.
+    lost), and stale work with attempts left (the claim takes it over): at once when no call was sent
+    since its worker was last heard from, so a killed worker's job resumes within a stale period and a
+    sweep, then once per stale period. A second message for the same work is harmless: the claim lets
+    one through.
     """
     settings = get_settings()
     now = utcnow()
@@ -184,7 +186,9 @@ def to_wake(session: Session, model: type[LeasedWork], *conditions: ColumnElemen
             *conditions,
             or_(
                 (model.status == QUEUED) & (last_sent < queued_before),
-                stale(model, now) & (model.attempts < settings.max_attempts) & (last_sent < stale_before(now)),
+                stale(model, now)
+                & (model.attempts < settings.max_attempts)
+                & or_(last_sent < model.heartbeat_at, last_sent < stale_before(now)),
             ),
         )
         .values(enqueued_at=now)

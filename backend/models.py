@@ -1,4 +1,5 @@
-"""ORM tables: users, their hashed API tokens, jobs, the jobs' photos, artifacts and generations."""
+"""ORM tables: users, their hashed API tokens, jobs, the jobs' photos, artifacts and generations, and the webhooks'
+outbox."""
 
 import enum
 import uuid
@@ -99,6 +100,10 @@ class User(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Webhooks (backend/webhooks.py): where events of jobs and generations that name no URL go (None: nowhere),
+    # and the key that signs them, made when first needed.
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    webhook_secret: Mapped[str | None] = mapped_column(String(64))
 
 
 class ApiToken(Base):
@@ -154,6 +159,8 @@ class Job(LeasedWork, Base):
     # queued job waits ("waiting_for_gpu": no live worker can fit it); None when it does not wait on anything.
     queue: Mapped[str | None] = mapped_column(String(40))
     note: Mapped[str | None] = mapped_column(String(40))
+    # Where the job's end is POSTed (backend/webhooks.py); None: the owner's default, if any.
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
 
     photos: Mapped[list["Photo"]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True, order_by="Photo.position"
@@ -191,6 +198,13 @@ class Photo(Base):
     height: Mapped[int]
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Instance photos (backend/photo_checks.py, computed once at upload): the uploaded file's name (a label, never a
+    # path); the square the trainer crops, [left, top, right, bottom] in the stored photo (None: random crops);
+    # {"usable", "warnings": [{"code", "message"}], "faces", "sharpness", "dhash"}; the user's caption.
+    name: Mapped[str | None] = mapped_column(String(200))
+    crop_box: Mapped[list[Any] | None] = mapped_column(JSONType)
+    checks: Mapped[dict[str, Any] | None]
+    caption: Mapped[str | None] = mapped_column(Text)
 
     job: Mapped[Job] = relationship(back_populates="photos")
 
@@ -215,6 +229,15 @@ class Artifact(Base):
     job: Mapped[Job] = relationship(back_populates="artifacts")
 
 
+# Artifacts that hold a step's whole weights: what ?step=N downloads and generations start from.
+WEIGHT_KINDS = ("pipeline", "weights")
+
+
+def kept_steps(job: Job) -> list[int]:
+    """The steps whose weights the job kept, ascending (the last is the final step once it succeeded)."""
+    return sorted({artifact.step for artifact in job.artifacts if artifact.kind in WEIGHT_KINDS})
+
+
 class GenerationStatus(enum.StrEnum):
     queued = "queued"
     running = "running"
@@ -234,3 +257,58 @@ class Generation(LeasedWork, Base):
     params: Mapped[dict[str, Any]]
     # [{"path": relative to DATA_DIR, "seed": int}, ...] once rendered
     images: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    # Where the generation's end is POSTed (backend/webhooks.py); None: the owner's default, if any.
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+
+
+class WebhookStatus(enum.StrEnum):
+    pending = "pending"  # not delivered yet: waiting for its turn, its next attempt, or being delivered now
+    delivered = "delivered"  # a receiver answered 2xx
+    failed = "failed"  # given up: refused address, or out of attempts or time
+
+
+class WebhookEvent(Base):
+    """The outbox: an event written in the same transaction as the end it tells of, POSTed by the deliverer."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        Index("ix_webhook_events_job_status", "job_id", "status"),
+        Index("ix_webhook_events_status_next", "status", "next_attempt_at"),
+    )
+
+    # note: an integer key orders the events of a job (each is delivered after the ones before it)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(unique=True)  # the payload's id and Webhook-Id: stable over retries
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # note: no foreign keys to the job or generation: an event outlives its job being deleted
+    job_id: Mapped[uuid.UUID]
+    generation_id: Mapped[uuid.UUID | None]
+    type: Mapped[str] = mapped_column(String(40))  # job.succeeded, ..., generation.failed
+    url: Mapped[str] = mapped_column(String(2000))
+    # The exact bytes POSTed, kept as text (a JSONB column would reorder the keys).
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default=WebhookStatus.pending)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A deliverer's hold on the event while it POSTs it (like a job's lease): its token, and when it lapses.
+    claim_token: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]  # delivered or given up
+
+
+class WebhookDelivery(Base):
+    """One attempt to deliver an event: what the receiver answered (or why there was no answer) and how fast."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_owner_id", "owner_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("webhook_events.id", ondelete="CASCADE"), index=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    attempt: Mapped[int]  # 1 for the first
+    url: Mapped[str] = mapped_column(String(2000))
+    status_code: Mapped[int | None]  # None: no answer (see error)
+    error: Mapped[str | None] = mapped_column(Text)  # None when delivered
+    duration_ms: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -42,8 +42,10 @@ def client() -> Celery:
     return make_celery(get_settings())
 
 
-def enqueue_training(job_id: str) -> None:
-    client().send_task(TRAIN_TASK, args=[job_id], queue=GPU_QUEUE)
+def enqueue_training(job_id: str, queue: str | None = None) -> None:
+    """Send a job's wake-up call to the queue it was routed to (backend/routing.py); `gpu` for jobs made
+    before routing, which every worker reads."""
+    client().send_task(TRAIN_TASK, args=[job_id], queue=queue or GPU_QUEUE)
 
 
 def enqueue_generation(generation_id: str) -> None:

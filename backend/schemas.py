@@ -71,6 +71,37 @@ class MemoryPlanOut(BaseModel):
     changes: dict[str, Any]  # settings the profile changed for this run, e.g. {"use_8bit_adam": true}
 
 
+class PhotoWarningOut(BaseModel):
+    code: str  # too_small | blurred | duplicate | no_face | several_faces | prompt_too_long
+    message: str
+
+
+class PhotoChecksOut(BaseModel):
+    usable: bool  # counts toward the usable photos a job needs (not too small, no duplicate, one face for face crops)
+    warnings: list[PhotoWarningOut]
+    faces: list[list[int]]  # detected faces, [left, top, right, bottom] in the stored photo, largest first
+    sharpness: float | None  # variance of the Laplacian (under 100 warns "blurred")
+
+
+class PhotoOut(BaseModel):
+    """An instance photo as the trainer uses it (backend/photo_checks.py)."""
+
+    position: int
+    name: str | None  # the uploaded file's name
+    width: int  # of the stored photo: upright, at most 2048 px a side; the crop box is in these pixels
+    height: int
+    crop_box: list[int] | None  # [left, top, right, bottom] the trainer crops; None: random crops
+    caption: str | None
+    prompt: str | None = None  # what the text encoder is given for this photo (previews only)
+    checks: PhotoChecksOut | None  # None for photos stored before checks existed
+
+
+class PhotoPreviewOut(BaseModel):
+    photos: list[PhotoOut]
+    usable: int
+    needed: int  # usable photos a job needs (MIN_USABLE_PHOTOS)
+
+
 class JobOut(BaseModel):
     id: uuid.UUID
     status: str
@@ -81,6 +112,7 @@ class JobOut(BaseModel):
     cancel_requested: bool  # a running job stops at its next step
     attempts: int
     photo_count: int
+    photos: list[PhotoOut] = []  # the instance photos with their crop boxes, captions and checks
     artifacts: list[ArtifactOut]
     created_at: datetime
     started_at: datetime | None
@@ -91,6 +123,10 @@ class JobOut(BaseModel):
     evaluation: Evaluation | None = None  # per-step scores and the recommended step, once scored
     memory_plan: MemoryPlanOut | None = None  # the memory savers the worker chose, once training starts
     family: str | None = None  # the base model's family at creation ("sd1", "sd2", "sdxl"); None: unknown then
+    queue: str | None = None  # the GPU class queue it was routed to by its memory need ("gpu-24gb")
+    # why a queued job waits: "waiting_for_gpu" when no live worker's GPU can fit it (it starts when one comes)
+    note: str | None = None
+    webhook_url: str | None = None  # where its end is POSTed; None: the owner's default (see backend/webhooks.py)
 
 
 class JobList(BaseModel):
@@ -119,6 +155,20 @@ class BaseModelOut(BaseModel):
     presets: list[str]  # the presets that fit it, its default first (every preset while the family is unknown)
 
 
+class WorkerOut(BaseModel):
+    """A live worker as admins see it (backend/routing.py)."""
+
+    name: str  # host:pid
+    hostname: str
+    gpu_name: str | None  # None: no GPU
+    gpu_memory_gib: float | None
+    gpu_count: int
+    families: list[str]  # the model families it can train
+    queues: list[str]  # the GPU class queues it reads
+    started_at: datetime
+    heartbeat_at: datetime
+
+
 class InfoOut(BaseModel):
     version: str
     demo_mode: bool
@@ -128,6 +178,8 @@ class InfoOut(BaseModel):
     models: list[BaseModelOut]  # the same models with their families, the default first
     gpu_memory_gib: float | None  # the workers' GPU memory (GPU_MEMORY_GIB); None: not told
     limits: dict[str, int]
+    live_workers: int = 0  # workers heard from within the stale period
+    workers: list[WorkerOut] | None = None  # each live worker, for admins (ADMIN_USERS) only
 
 
 class TokenCreate(BaseModel):

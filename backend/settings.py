@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,12 +42,23 @@ class Settings(BaseSettings):
     # "none" to not score. Empty: CLIP ViT-L/14, or the built-in tiny CLIP in demo mode.
     scorer_model: str = ""
 
-    # Jobs: a worker whose heartbeat is older than this is presumed dead.
-    heartbeat_stale_seconds: int = 120
+    # Jobs: a worker whose heartbeat is older than this is presumed dead. Every running job's lease beats from
+    # a background thread every quarter of this, through long validations and exports too.
+    heartbeat_stale_seconds: int = 30
     max_attempts: int = 3
     progress_interval_seconds: float = 1.0
     # The reaper (a thread in every worker): how often it looks for lost, stuck and expired jobs.
-    reaper_interval_seconds: float = 30.0
+    reaper_interval_seconds: float = 10.0
+
+    # Routing (backend/routing.py): the GPU classes in GiB, one Celery queue each ("gpu-24gb"); a job goes to
+    # the smallest class that fits it, a worker reads its own class and every smaller one.
+    gpu_classes_gib: str = "12,16,24,48,80"
+    # The queues this worker reads (comma separated), instead of those its GPU's memory picks.
+    worker_queues: str = ""
+    # How often each worker records itself in the workers table (what it has, that it is alive).
+    worker_heartbeat_seconds: float = 5.0
+    # User names that see every worker in /api/info (comma separated); others see how many are live.
+    admin_users: str = ""
     # A job still queued this long after its last wake-up call is sent another (the first may be lost).
     requeue_queued_after_seconds: int = 600
     # Training stops at the soft limit and the job fails with `timeout`; the reaper fails a job
@@ -66,6 +78,8 @@ class Settings(BaseSettings):
     max_class_photos: int = 500
     max_photo_bytes: int = 25 * 1024 * 1024
     max_photo_pixels: int = 50_000_000
+    # A job needs at least this many usable photos (backend/photo_checks.py: not too small, not a duplicate, ...).
+    min_usable_photos: int = Field(3, ge=0)
 
     # Per-user limits: jobs queued or running at once, and bytes of photos and outputs kept.
     max_active_jobs_per_user: int = 3
@@ -73,10 +87,29 @@ class Settings(BaseSettings):
     # New API tokens expire after this many days (None: never).
     token_ttl_days: float | None = None
 
+    # Webhooks (backend/webhooks.py): POST to private, loopback or link-local addresses too (receivers on the
+    # operator's own network); how long a receiver may take to answer; the first retry's delay (doubling after
+    # each failure, up to an hour); when an event is given up (attempts, or seconds since it happened); how often
+    # each API process looks for events due.
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    webhook_retry_base_seconds: float = Field(10.0, gt=0)
+    webhook_max_attempts: int = Field(30, ge=1)
+    webhook_max_age_seconds: float = Field(24 * 3600, gt=0)
+    webhook_poll_seconds: float = Field(1.0, gt=0)
+    # Delivered and given-up events (and their attempts) are deleted this many days after they ended.
+    webhook_retention_days: float = Field(30.0, gt=0)
+
     # Celery: a message not acknowledged in this time is redelivered (Redis); must exceed any job.
     broker_visibility_timeout_seconds: int = 48 * 3600
 
     log_level: str = "INFO"
+    # "text": the readable one-line format; "json": one JSON object per line (backend/logs.py), for log collectors.
+    log_format: Literal["text", "json"] = "text"
+    # The port each worker process serves its Prometheus metrics on (worker/metrics.py); 0: not served.
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
+    # /readyz fails while the file store (DATA_DIR) has less free space than this: a job's outputs need room.
+    ready_min_free_bytes: int = Field(1024**3, ge=0)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":
@@ -91,6 +124,8 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.data_dir / 'studio.db'}"
         if not self.broker_url:
             self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+        if not _positive_numbers(self.gpu_classes_gib):
+            raise ValueError("gpu_classes_gib must list GPU memory sizes in GiB, comma separated: 12,16,24,48,80")
         if self.job_time_limit_seconds <= self.job_soft_time_limit_seconds:
             raise ValueError("job_time_limit_seconds must exceed job_soft_time_limit_seconds")
         if self.database_url.startswith("postgresql://"):
@@ -108,6 +143,15 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def _positive_numbers(text: str) -> bool:
+    """Whether `text` is a comma-separated list of one or more positive numbers."""
+    try:
+        values = [float(value) for value in text.split(",")]
+    except ValueError:
+        return False
+    return all(value > 0 for value in values)
 
 
 @lru_cache

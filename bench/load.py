@@ -3,9 +3,10 @@
 Starts its own stack (a fresh Postgres database on the local server, a private redis-server, the
 API under uvicorn and one worker training builtin:tiny jobs), then runs `--clients` concurrent
 clients for `--seconds`: most poll `GET /api/jobs/{id}` back to back, a tenth follow
-`GET /api/jobs/{id}/events`. Prints requests/s, p50/p99 latency and errors.
+`GET /api/jobs/{id}/events`. Pollers send back the ETag they were given (an unchanged job is an empty
+304), back to back or `--interval` seconds apart. Prints requests/s, p50/p99 latency and errors.
 
-    .venv/bin/python -m bench.load --clients 200 --seconds 60
+    .venv/bin/python -m bench.load --clients 200 --seconds 60 [--interval 1] [--api-processes 2]
 
 Not part of `make test`; record what it prints in bench/RESULTS.md.
 """
@@ -19,6 +20,7 @@ import secrets
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,20 +40,28 @@ class Tally:
     def __init__(self):
         self.latencies: list[float] = []
         self.errors = 0
+        self.not_modified = 0
         self.events = 0
         self.streams = 0
 
 
-async def poll(http: httpx.AsyncClient, job_id: str, until: float, tally: Tally) -> None:
+async def poll(http: httpx.AsyncClient, job_id: str, until: float, tally: Tally, interval: float) -> None:
+    """Poll the job as a well-behaved client does: sending back the ETag it was given, `interval` seconds apart
+    (0: back to back)."""
+    etag = None
     while time.monotonic() < until:
         started = time.perf_counter()
         try:
-            response = await http.get(f"/api/jobs/{job_id}")
-            ok = response.status_code == 200
+            response = await http.get(f"/api/jobs/{job_id}", headers={"If-None-Match": etag} if etag else {})
+            ok = response.status_code in (200, 304)
+            etag = response.headers.get("ETag", etag)
+            tally.not_modified += response.status_code == 304
         except httpx.HTTPError:
             ok = False
-        tally.latencies.append(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        tally.latencies.append(took)
         tally.errors += not ok
+        await asyncio.sleep(max(0.0, interval - took))
 
 
 async def follow(http: httpx.AsyncClient, job_id: str, until: float, tally: Tally) -> None:
@@ -72,7 +82,9 @@ async def follow(http: httpx.AsyncClient, job_id: str, until: float, tally: Tall
         await asyncio.sleep(1)
 
 
-async def run_clients(url: str, token: str, job_ids: list[str], clients: int, seconds: float) -> tuple[Tally, Tally]:
+async def run_clients(
+    url: str, token: str, job_ids: list[str], clients: int, seconds: float, interval: float
+) -> tuple[Tally, Tally]:
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"Authorization": f"Bearer {token}"}
     polls, streams = Tally(), Tally()
@@ -80,12 +92,12 @@ async def run_clients(url: str, token: str, job_ids: list[str], clients: int, se
         until = time.monotonic() + seconds
         followers = clients // 10
         tasks = [follow(http, job_ids[i % len(job_ids)], until, streams) for i in range(followers)]
-        tasks += [poll(http, job_ids[i % len(job_ids)], until, polls) for i in range(clients - followers)]
+        tasks += [poll(http, job_ids[i % len(job_ids)], until, polls, interval) for i in range(clients - followers)]
         await asyncio.gather(*tasks)
     return polls, streams
 
 
-def start_stack(work: Path) -> tuple[Stack, str, subprocess.Popen, str]:
+def start_stack(work: Path, api_processes: int = 1) -> tuple[Stack, str, subprocess.Popen, str]:
     database = f"dbs_bench_{secrets.token_hex(4)}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{database}"')
@@ -107,7 +119,7 @@ def start_stack(work: Path) -> tuple[Stack, str, subprocess.Popen, str]:
     (work / "logs").mkdir()
     stack = Stack(url=f"http://127.0.0.1:{port}", log_dir=work / "logs", env=env)
     subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=REPO, env=env, check=True, capture_output=True)
-    stack.start_api(port)
+    stack.start_api(port, api_processes)
     stack.start_worker("worker")
     stack.wait_ready()
     output = subprocess.run(
@@ -124,17 +136,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--interval", type=float, default=0, help="seconds between one poller's polls (0: none)")
+    parser.add_argument("--api-processes", type=int, default=1, help="uvicorn worker processes (WEB_CONCURRENCY)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="dbs-load-"))
-    stack, token, redis, database = start_stack(work)
+    stack, token, redis, database = start_stack(work, args.api_processes)
     try:
         with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
             job_ids = [
                 http.post("/api/jobs", files=photo_files(), data={"settings": json.dumps(JOB_SETTINGS)}).json()["id"]
                 for _ in range(JOBS)
             ]
-        polls, streams = asyncio.run(run_clients(stack.url, token, job_ids, args.clients, args.seconds))
+        polls, streams = asyncio.run(run_clients(stack.url, token, job_ids, args.clients, args.seconds, args.interval))
         with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as http:
             statuses = [http.get(f"/api/jobs/{job_id}").json()["status"] for job_id in job_ids]
     finally:
@@ -146,11 +160,12 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)  # note: kept (with the logs) when the run failed
     done = len(polls.latencies)
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"command: python -m bench.load {' '.join(sys.argv[1:])}; API processes: {args.api_processes}")
     print(f"clients: {args.clients} ({args.clients // 10} following events) for {args.seconds:.0f} s; jobs: {statuses}")
     print(
         f"status polls: {done} requests, {done / args.seconds:.1f} req/s, "
         f"p50 {percentile(polls.latencies, 0.5) * 1000:.0f} ms, p99 {percentile(polls.latencies, 0.99) * 1000:.0f} ms, "
-        f"errors {polls.errors}"
+        f"errors {polls.errors}, answered 304 (unchanged) {polls.not_modified}"
     )
     print(f"event streams: {streams.streams} opened, {streams.events} events received, errors {streams.errors}")
 

@@ -14,6 +14,7 @@ from backend.settings import get_settings
 from worker.dreambooth.config import MemoryPlan, Progress
 from worker.dreambooth.steps import Validation
 from worker.leased import Heartbeat
+from worker.metrics import JobClock
 
 # The loss curve a job keeps: at most this many points, whatever the number of steps.
 MAX_LOSS_POINTS = 400
@@ -64,8 +65,10 @@ class JobReporter(Heartbeat):
         self._last_phase: str | None = None
         self._last_loss: float | None = None
         self._cancel_requested = False
+        self.clock = JobClock()  # the attempt's phase durations and steps per second, for the worker's metrics
 
     def on_progress(self, progress: Progress) -> None:
+        self.clock.on_progress(progress)
         if progress.phase == "training" and progress.loss is not None:
             self.losses.add(progress.step, progress.loss)
             self._last_loss = progress.loss

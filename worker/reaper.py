@@ -6,6 +6,9 @@ Every `reaper_interval_seconds` it
 * sends another wake-up call for jobs that need one: queued too long (the message may be lost), or
   running with a stale heartbeat and attempts left (a new worker claims and resumes them);
 * deletes the raw photos of jobs that ended longer ago than `photo_retention_days`;
+* brings the `waiting_for_gpu` notes of queued jobs up to date with the live workers, and forgets
+  workers not heard from in a day (backend/routing.py);
+* deletes webhook events that ended longer ago than `webhook_retention_days`, with their attempts;
 * does the same for generations: fails stale ones at the attempt limit (`worker_lost`) and removes
   their partial images, and wakes queued ones that waited too long and stale ones with attempts left.
 
@@ -20,7 +23,7 @@ import logging
 import shutil
 import threading
 
-from backend import generations, jobs, queue, storage
+from backend import generations, jobs, queue, routing, storage, webhooks
 from backend.db import get_sessionmaker
 from backend.settings import get_settings
 
@@ -35,11 +38,14 @@ def sweep() -> None:
         jobs.purge_expired_photos(session)
         ended_generations = generations.end_abandoned_generations(session)
         generations_woken = generations.generations_to_wake(session)
+        routing.refresh_notes(session)
+        routing.forget_gone_workers(session)
+        webhooks.forget_old_events(session)
     for job_id in ended:
         storage.remove_job_outputs(job_id)
-    for job_id in to_wake:
+    for job_id, job_queue in to_wake:
         log.info("job %s: sending another wake-up call", job_id)
-        queue.enqueue_training(str(job_id))
+        queue.enqueue_training(str(job_id), job_queue)
     for job_id, generation_id in ended_generations:
         shutil.rmtree(generations.generation_dir(job_id, generation_id), ignore_errors=True)
     for generation_id in generations_woken:

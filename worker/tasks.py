@@ -22,8 +22,9 @@ from backend.queue import TRAIN_TASK
 from backend.settings import get_settings
 from formats.embedding import EMBEDDING_FORMAT
 from formats.lora import LORA_FORMATS
+from worker import metrics
 from worker.celery_app import app
-from worker.core_config import core_config, drop_training_state
+from worker.core_config import core_config, drop_training_state, job_photos
 from worker.dreambooth.config import STATE_DIR, TrainConfig, TrainResult
 from worker.dreambooth.errors import JobError, storage_failure_as_error
 from worker.dreambooth.steps import EVALUATION_FILE, SAMPLES_DIR, STEPS_DIR
@@ -63,22 +64,23 @@ def run_training_job(job_id: uuid.UUID) -> None:
         try:
             result = _run_core(job_id, reporter)
         except LeaseLost:
-            _clean_up_after_lost_lease(lease)
+            outcome = _clean_up_after_lost_lease(lease)
         except JobError as error:
-            _finish(lease, JobStatus.failed, error.code, error.message)
+            outcome = _finish(lease, JobStatus.failed, error.code, error.message)
         except Exception as exc:
             log.exception("job %s: training failed", job_id)
-            _finish(lease, JobStatus.failed, "training_error", f"Training failed: {exc}"[:1000])
+            outcome = _finish(lease, JobStatus.failed, "training_error", f"Training failed: {exc}"[:1000])
         else:
             if reporter.lease_lost:
-                _clean_up_after_lost_lease(lease)
+                outcome = _clean_up_after_lost_lease(lease)
             elif result.stopped and reporter.timed_out:
                 limit = get_settings().job_soft_time_limit_seconds
-                _finish(lease, JobStatus.failed, "timeout", jobs.timeout_message(limit))
+                outcome = _finish(lease, JobStatus.failed, "timeout", jobs.timeout_message(limit))
             elif result.stopped:
-                _finish(lease, JobStatus.cancelled)
+                outcome = _finish(lease, JobStatus.cancelled)
             else:
-                _finish(lease, JobStatus.succeeded, result=result)
+                outcome = _finish(lease, JobStatus.succeeded, result=result)
+    metrics.observe_job(reporter.clock, outcome)
 
 
 def _run_core(job_id: uuid.UUID, reporter: JobReporter) -> TrainResult:
@@ -99,8 +101,7 @@ def training_config(job: Job) -> TrainConfig:
     _clear_stale_outputs(output_dir)
     return core_config(
         job.settings,
-        instance_images=tuple(storage.resolve(photo.path) for photo in job.photos if photo.kind == "instance"),
-        class_images=tuple(storage.resolve(photo.path) for photo in job.photos if photo.kind == "class"),
+        **job_photos(job.photos),
         output_dir=output_dir,
         models_dir=storage.models_dir(),
         cache_dir=storage.data_dir() / "cache",
@@ -188,22 +189,23 @@ def _finish(
     code: str | None = None,
     message: str | None = None,
     result: TrainResult | None = None,
-) -> None:
+) -> str:
     """Record the outcome (through a database outage, see record_outcome); a run that did not succeed leaves
-    no partial outputs behind."""
+    no partial outputs behind. Returns the outcome for the worker's metrics: `status`, or "lost"."""
 
     def finish(session: Session) -> None:
         jobs.finish_job(session, lease, status, code, message, _artifacts(result) if result else [])
 
     if not record_outcome(lease, status, finish):
-        _clean_up_after_lost_lease(lease)
-    elif status != JobStatus.succeeded:
+        return _clean_up_after_lost_lease(lease)
+    if status != JobStatus.succeeded:
         storage.remove_job_outputs(lease.id)
+    return status.value
 
 
-def _clean_up_after_lost_lease(lease: Lease) -> None:
+def _clean_up_after_lost_lease(lease: Lease) -> str:
     """Remove what this run wrote if its job was deleted or ended meanwhile (by its owner or the
-    reaper); leave everything when another worker took the job over."""
+    reaper); leave everything when another worker took the job over. Returns the outcome: "lost"."""
 
     def clean_up(session: Session) -> None:
         status = session.scalar(select(Job.status).where(Job.id == lease.id))
@@ -213,3 +215,4 @@ def _clean_up_after_lost_lease(lease: Lease) -> None:
             storage.remove_job_outputs(lease.id)
 
     clean_up_after_lost_lease(lease, clean_up)
+    return metrics.LOST

@@ -6,10 +6,12 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import APIRouter, Depends
 
-from backend.auth import get_current_user
+from backend import routing
+from backend.auth import CurrentUser, get_current_user
 from backend.base_models import model_facts
+from backend.db import SessionDep
 from backend.presets import PRESETS, presets_for
-from backend.schemas import BaseModelOut, InfoOut, PresetOut
+from backend.schemas import BaseModelOut, InfoOut, PresetOut, WorkerOut
 from backend.settings import get_settings, gpu_present
 from backend.training_settings import SettingsOut, describe_settings
 
@@ -30,8 +32,11 @@ def training_settings() -> SettingsOut:
 
 
 @router.get("/info")
-def server_info() -> InfoOut:
+def server_info(session: SessionDep, user: CurrentUser) -> InfoOut:
+    """Server facts; the live workers are counted for everyone and listed for admins (ADMIN_USERS)."""
     settings = get_settings()
+    workers = routing.live_workers(session)
+    admins = {name.strip() for name in settings.admin_users.split(",")}
     return InfoOut(
         version=_version(),
         demo_mode=settings.demo_mode,
@@ -46,6 +51,10 @@ def server_info() -> InfoOut:
             "max_photo_bytes": settings.max_photo_bytes,
             "max_photo_pixels": settings.max_photo_pixels,
         },
+        live_workers=len(workers),
+        workers=[WorkerOut.model_validate(worker, from_attributes=True) for worker in workers]
+        if user.name in admins
+        else None,
     )
 
 

@@ -1,8 +1,7 @@
 """How a job looks to its owner: the `JobOut` built from the ORM row, with artifact URLs."""
 
-from backend.jobs import kept_steps
-from backend.models import Artifact, Job
-from backend.schemas import ArtifactOut, ErrorOut, Evaluation, JobOut, MemoryPlanOut, Progress
+from backend.models import Artifact, Job, Photo, kept_steps
+from backend.schemas import ArtifactOut, ErrorOut, Evaluation, JobOut, MemoryPlanOut, PhotoOut, Progress
 
 
 def job_out(job: Job) -> JobOut:
@@ -16,6 +15,7 @@ def job_out(job: Job) -> JobOut:
         cancel_requested=job.cancel_requested,
         attempts=job.attempts,
         photo_count=sum(photo.kind == "instance" for photo in job.photos),
+        photos=[photo_out(photo) for photo in job.photos if photo.kind == "instance"],
         artifacts=[_artifact_out(job, artifact) for artifact in job.artifacts],
         created_at=job.created_at,
         started_at=job.started_at,
@@ -26,6 +26,21 @@ def job_out(job: Job) -> JobOut:
         evaluation=Evaluation.model_validate(job.evaluation) if job.evaluation else None,
         memory_plan=MemoryPlanOut.model_validate(job.memory_plan) if job.memory_plan else None,
         family=job.family,
+        queue=job.queue,
+        note=job.note,
+        webhook_url=job.webhook_url,
+    )
+
+
+def photo_out(photo: Photo) -> PhotoOut:
+    return PhotoOut(
+        position=photo.position,
+        name=photo.name,
+        width=photo.width,
+        height=photo.height,
+        crop_box=photo.crop_box,
+        caption=photo.caption,
+        checks=photo.checks,
     )
 
 

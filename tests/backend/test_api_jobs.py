@@ -10,7 +10,7 @@ import pytest
 from PIL import ExifTags, Image
 from sqlalchemy import func, select, update
 
-from backend import jobs, queue, storage
+from backend import jobs, queue, routing, storage
 from backend.models import ApiToken, Job, Photo, utcnow
 from backend.queue import GPU_QUEUE, TRAIN_TASK, make_celery
 from backend.settings import TINY_MODEL, Settings, get_settings
@@ -23,8 +23,9 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def queued_messages(broker) -> list[dict]:
-    """The Celery messages waiting in Redis for the GPU workers."""
-    return [json.loads(raw) for raw in broker.lrange(GPU_QUEUE, 0, -1)]
+    """The Celery messages waiting in Redis for the GPU workers, in every queue (backend/routing.py)."""
+    queues = [*map(routing.class_queue, routing.gpu_classes()), GPU_QUEUE]
+    return [json.loads(raw) for name in queues for raw in broker.lrange(name, 0, -1)]
 
 
 def stored_files(data_dir) -> list:

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from backend import storage
 from backend.models import Artifact, Job, Photo
 from backend.settings import get_settings
+from tests.conftest import waiting_messages
 
 DOG = {"instance_prompt": "a photo of rufus the dog"}
 
@@ -26,7 +27,7 @@ def stored_files(data_dir) -> list:
 def assert_nothing_changed(db, data_dir, broker) -> None:
     assert count(db, Job) == 0 and count(db, Photo) == 0
     assert stored_files(data_dir) == []
-    assert broker.llen("gpu") == 0
+    assert waiting_messages(broker) == 0
 
 
 # ── request body size ────────────────────────────────────────────────────────────────────────
@@ -116,7 +117,7 @@ def test_a_retried_post_with_the_same_idempotency_key_returns_the_same_job(post_
     assert first.status_code == again.status_code == 202
     assert again.json() == first.json() and again.headers["location"] == first.headers["location"]
     assert count(db, Job) == 1 and count(db, Photo) == 3
-    assert broker.llen("gpu") == 1
+    assert waiting_messages(broker) == 1
     assert post_job(headers={**auth_headers, "Idempotency-Key": "another"}).json()["id"] != first.json()["id"]
 
 

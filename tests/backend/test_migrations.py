@@ -7,7 +7,10 @@ from sqlalchemy import create_engine, inspect
 from alembic import command
 from backend.models import Base
 
-TABLES = {"users", "api_tokens", "jobs", "photos", "artifacts", "generations", "workers"}
+TABLES = {
+    *("users", "api_tokens", "jobs", "photos", "artifacts", "generations", "workers"),
+    *("webhook_events", "webhook_deliveries"),
+}
 
 
 def schema_differences(url: str) -> list:

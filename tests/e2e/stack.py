@@ -38,11 +38,22 @@ def free_port() -> int:
 
 
 def photo_files(count: int = 4) -> list[tuple[str, tuple[str, bytes, str]]]:
-    """Distinct coloured shapes as JPEG uploads, in the multipart form httpx takes."""
+    """Distinct coloured shapes as JPEG uploads, in the multipart form httpx takes.
+
+    note: a shape and a line placed differently in each, so that no two look alike to the near-duplicate
+    check (backend/photo_checks.py): their perceptual hashes differ in 17 bits or more, for up to 6 photos.
+    """
     files = []
     for index in range(count):
         image = Image.new("RGB", (96, 80), (40 * index, 120, 200 - 30 * index))
-        ImageDraw.Draw(image).ellipse((10 + 5 * index, 10, 70, 60), fill=(250, 200 - 40 * index, 20))
+        draw = ImageDraw.Draw(image)
+        x, y = [(8, 8), (40, 30), (10, 40), (50, 6), (30, 20), (60, 40)][index % 6]
+        fill = (250, (200 - 40 * index) % 256, 20)
+        if index % 2 == 0:
+            draw.ellipse((x, y, x + 36, y + 30), fill=fill)
+        else:
+            draw.rectangle((x, y, x + 30, y + 34), fill=fill)
+        draw.line((0, 79 - 10 * index, 95, 10 * index), fill=(0, 0, 0), width=3)
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG")
         files.append(("photos", (f"photo{index}.jpg", buffer.getvalue(), "image/jpeg")))
@@ -65,8 +76,10 @@ class Stack:
         self.processes.append(process)
         return process
 
-    def start_api(self, port: int) -> None:
-        self.start("api", str(BIN / "uvicorn"), "backend.main:app", "--host", "127.0.0.1", "--port", str(port))
+    def start_api(self, port: int, processes: int = 1) -> None:
+        """uvicorn on `port`, with `processes` worker processes (WEB_CONCURRENCY in compose)."""
+        command = [str(BIN / "uvicorn"), "backend.main:app", "--host", "127.0.0.1", "--port", str(port)]
+        self.start("api", *command, *(["--workers", str(processes)] if processes > 1 else []))
 
     def start_worker(self, name: str = "worker") -> subprocess.Popen:
         return self.start(
