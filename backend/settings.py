@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     max_storage_bytes_per_user: int = 20 * 1024**3
     # New API tokens expire after this many days (None: never).
     token_ttl_days: float | None = None
+    # A token the database accepted is taken on trust this long by the API process that checked it, so pollers
+    # cost no token query; a revocation made through another process takes effect within it. 0: check every time.
+    token_cache_seconds: float = Field(10.0, ge=0, le=300)
 
     # Webhooks (backend/webhooks.py): POST to private, loopback or link-local addresses too (receivers on the
     # operator's own network); how long a receiver may take to answer; the first retry's delay (doubling after
