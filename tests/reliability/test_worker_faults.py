@@ -37,8 +37,7 @@ def job_files(stack: Stack, job_id: str) -> list[Path]:
     return sorted(path for path in folder.rglob("*") if path.is_file())
 
 
-@pytest.mark.parametrize("run", [1, 2])
-def test_a_killed_workers_job_is_resumed_by_a_new_worker(make_stack, run):
+def test_a_killed_workers_job_is_resumed_by_a_new_worker(make_stack):
     stack = make_stack()
     worker = stack.start_worker("worker1")
     client = new_client(stack, "alice")
