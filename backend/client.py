@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from backend.training_settings import TrainingSettings
+from formats.captions import caption_beside
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
@@ -49,9 +50,13 @@ class StudioClient:
         self.server = server.rstrip("/")
         self.http = httpx.Client(base_url=self.server, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
 
-    def submit(self, photos: list[Path], settings: dict) -> dict:
+    def submit(self, photos: list[Path], settings: dict, captions: dict[str, str] | None = None) -> dict:
+        """Upload photos with the job's settings and, optionally, captions by photo file name."""
         files = [("photos", (path.name, path.read_bytes())) for path in photos]
-        return self._json("POST", "/api/jobs", files=files, data={"settings": json.dumps(settings)})
+        data = {"settings": json.dumps(settings)}
+        if captions:
+            data["captions"] = json.dumps(captions)
+        return self._json("POST", "/api/jobs", files=files, data=data)
 
     def job(self, job_id: str) -> dict:
         return self._json("GET", f"/api/jobs/{job_id}")
@@ -250,8 +255,14 @@ def submit(client: StudioClient, args: argparse.Namespace) -> None:
     """Upload photos with the settings given; print the new job's id as the last line."""
     settings = settings_from_flags(args) | _settings_json(args.settings_json)
     photos = collect_photos(args.photos)
-    job = client.submit(photos, settings)
-    print(f"uploaded {len(photos)} photos; job {job['status']}: {client.server}/#/jobs/{job['id']}", file=sys.stderr)
+    # note: kohya's NAME.txt beside NAME.jpg, as `dreambooth train` reads them; the server keys captions by file name
+    captions = {path.name: caption for path in photos if (caption := caption_beside(path))}
+    job = client.submit(photos, settings, captions)
+    print(
+        f"uploaded {len(photos)} photos ({len(captions)} with captions); job {job['status']}: "
+        f"{client.server}/#/jobs/{job['id']}",
+        file=sys.stderr,
+    )
     print(job["id"])
 
 

@@ -17,7 +17,7 @@ import pillow_heif
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from backend.errors import DomainError, InvalidInput, PayloadTooLarge
-from backend.photo_checks import PhotoFacts, analyse
+from backend.photo_checks import PhotoFacts, analyse, jpeg_quality
 from backend.settings import get_settings
 
 pillow_heif.register_heif_opener()
@@ -53,6 +53,7 @@ def ingest_photo(data: bytes, field: str, label: str, analyse_pixels: bool = Fal
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
                 _check_header(image, field, label)
+                quality = jpeg_quality(image)  # note: from the header's tables, before the photo is re-encoded
                 rgb = _decode(image)
     except DomainError:
         raise
@@ -72,7 +73,7 @@ def ingest_photo(data: bytes, field: str, label: str, analyse_pixels: bool = Fal
         width=rgb.width,
         height=rgb.height,
         sha256=hashlib.sha256(encoded).hexdigest(),
-        facts=analyse(rgb) if analyse_pixels else None,
+        facts=analyse(rgb, quality) if analyse_pixels else None,
         name=name,
     )
 

@@ -28,6 +28,7 @@ from backend.models import (
 )
 from backend.photo_checks import PhotoCheck
 from backend.settings import get_settings
+from formats.captions import CAPTIONED_MODES, TOKEN_LIMIT, estimate_tokens, photo_prompt
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +304,27 @@ def record_validation(
 def record_memory_plan(session: Session, lease: Lease, memory_plan: dict) -> bool:
     """Store the memory savers this attempt runs with; returns whether the owner asked to cancel."""
     cancel_requested = _update_job(session, lease, memory_plan=memory_plan)
+    session.commit()
+    return cancel_requested
+
+
+def record_auto_captions(session: Session, lease: Lease, captions: dict[int, str]) -> bool:
+    """Store the captioning model's caption of instance photos (by position), and a prompt_too_long warning on any
+    photo whose prompt it makes too long for the text encoder; returns whether the owner asked to cancel."""
+    cancel_requested = _update_job(session, lease)
+    job = session.get(Job, lease.id)
+    for photo in job.photos:
+        if photo.kind != "instance" or photo.position not in captions:
+            continue
+        photo.auto_caption = captions[photo.position]
+        prompt = photo_prompt(job.settings["instance_prompt"], photo.caption or photo.auto_caption, CAPTIONED_MODES[0])
+        if (tokens := estimate_tokens(prompt)) > TOKEN_LIMIT and photo.checks is not None:
+            warning = {
+                "code": "prompt_too_long",
+                "message": f"with its automatic caption its prompt is about {tokens} tokens; the text encoder reads "
+                f"the first {TOKEN_LIMIT} and drops the rest",
+            }
+            photo.checks = {**photo.checks, "warnings": [*photo.checks["warnings"], warning]}
     session.commit()
     return cancel_requested
 

@@ -205,6 +205,9 @@ class Photo(Base):
     crop_box: Mapped[list[Any] | None] = mapped_column(JSONType)
     checks: Mapped[dict[str, Any] | None]
     caption: Mapped[str | None] = mapped_column(Text)
+    # The captioning model's caption (worker/dreambooth/captioner.py), written by the worker before training when
+    # caption_mode is instance_plus_auto_caption and the user gave none; the user's caption always wins.
+    auto_caption: Mapped[str | None] = mapped_column(Text)
 
     job: Mapped[Job] = relationship(back_populates="photos")
 

@@ -21,6 +21,7 @@ from PIL import Image
 from backend import faces
 from backend.errors import InvalidInput
 from backend.settings import get_settings
+from formats.buckets import bucket_for
 from formats.captions import TOKEN_LIMIT, estimate_tokens, photo_prompt
 
 # Sharpness is measured with the photo's shorter side at this many pixels, so one threshold fits every size.
@@ -32,7 +33,16 @@ BLUR_THRESHOLD = 100.0
 # brightened or blurred copy of astronaut() differs in 0 bits, a 10% crop of it in 13, and any two different
 # sample photos in 21 or more.
 DUPLICATE_BITS = 10
-CROP_MODES = ("center", "random", "face")
+CROP_MODES = ("center", "random", "face", "bucket")
+# An uploaded JPEG whose encoder quality (estimated from its quantization tables) is below this is "heavily
+# compressed": at 50 and under, libjpeg's 8x8 blocks and ringing show around edges, and Dreambooth learns them too.
+LOW_JPEG_QUALITY = 50
+# libjpeg's (IJG) luminance quantization table at quality 50: the one other qualities scale (jcparam.c).
+IJG_LUMINANCE = (
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -44,11 +54,12 @@ class PhotoFacts:
     dhash: int  # 64-bit difference hash (perceptual)
     sharpness: float  # variance of the Laplacian at SHARPNESS_SIDE
     faces: tuple[faces.Box, ...]  # frontal faces, largest first
+    jpeg_quality: int | None = None  # the upload's JPEG quality, estimated (jpeg_quality); None: not a JPEG
 
 
 @dataclass(frozen=True)
 class PhotoWarning:
-    code: str  # too_small | blurred | duplicate | no_face | several_faces | prompt_too_long
+    code: str  # too_small | blurred | low_jpeg_quality | duplicate | no_face | several_faces | prompt_too_long
     message: str
 
 
@@ -56,12 +67,13 @@ class PhotoWarning:
 class PhotoCheck:
     """One photo as the job will train on it: its crop, caption and prompt, and what is wrong with it."""
 
-    crop_box: faces.Box | None  # left, top, right, bottom in the stored photo; None: random crops
+    crop_box: faces.Box | None  # left, top, right, bottom in the stored photo; None: random crops, or its bucket
     caption: str | None
     prompt: str  # what the text encoder is given for this photo
     usable: bool = True
     warnings: list[PhotoWarning] = field(default_factory=list)
     facts: PhotoFacts | None = None
+    bucket: tuple[int, int] | None = None  # (width, height) it trains at with crop "bucket" (formats/buckets.py)
 
     def as_dict(self) -> dict:
         """The stored and served form (Photo.checks)."""
@@ -72,18 +84,38 @@ class PhotoCheck:
             "faces": [list(box) for box in facts.faces] if facts else [],
             "sharpness": round(facts.sharpness, 1) if facts else None,
             "dhash": f"{facts.dhash:016x}" if facts else None,
+            "jpeg_quality": facts.jpeg_quality if facts else None,
+            "bucket": list(self.bucket) if self.bucket else None,
         }
 
 
-def analyse(image: Image.Image) -> PhotoFacts:
-    """The facts of an upright RGB photo (as stored: the crop box is in these pixels)."""
+def analyse(image: Image.Image, jpeg_quality: int | None = None) -> PhotoFacts:
+    """The facts of an upright RGB photo (as stored: the crop box is in these pixels); `jpeg_quality` is the
+    upload's, which the stored photo's pixels no longer tell."""
     rgb = np.asarray(image.convert("RGB"))
     gray = image.convert("L")
     scale = SHARPNESS_SIDE / min(gray.size)
     if scale < 1:
         gray = gray.resize((round(gray.width * scale), round(gray.height * scale)), Image.Resampling.BILINEAR)
     sharpness = float(cv2.Laplacian(np.asarray(gray), cv2.CV_64F).var())
-    return PhotoFacts(image.width, image.height, dhash(gray), sharpness, tuple(faces.detect_faces(rgb)))
+    return PhotoFacts(image.width, image.height, dhash(gray), sharpness, tuple(faces.detect_faces(rgb)), jpeg_quality)
+
+
+def jpeg_quality(image: Image.Image) -> int | None:
+    """The quality (1-100) a JPEG was saved at, from its luminance quantization table as the header gives it (no
+    pixel decoded): the table's scale against libjpeg's quality-50 table, inverted as libjpeg scales it. Exact
+    for libjpeg-made files (Pillow, OpenCV, most software); for cameras' own tables, the libjpeg quality that
+    quantizes as coarsely. None for other formats.
+
+    note: a sum, not per-entry ratios, so the tables' order (zigzag or natural, by Pillow version) does not
+    matter; below about 15 libjpeg clamps entries at 255 and the estimate reads high (still under the threshold).
+    """
+    tables = getattr(image, "quantization", None)
+    if image.format != "JPEG" or not tables or len(tables.get(0, ())) != len(IJG_LUMINANCE):
+        return None
+    scale = 100 * sum(tables[0]) / sum(IJG_LUMINANCE)  # libjpeg: 5000 / quality below 50, 200 - 2 quality above
+    quality = 5000 / scale if scale > 100 else (200 - scale) / 2
+    return round(min(100.0, max(1.0, quality)))
 
 
 def dhash(image: Image.Image) -> int:
@@ -111,11 +143,20 @@ def assess_photos(
         prompt = photo_prompt(settings["instance_prompt"], caption, settings.get("caption_mode", "instance_only"))
         check = PhotoCheck(crop_box=None, caption=caption, prompt=prompt, facts=photo)
         check.crop_box = _crop_box(photo, resolution, mode, check)
-        if min(photo.width, photo.height) < resolution:
+        if mode == "bucket":
+            # note: the trainer computes the same bucket from the stored photo's size (worker/dreambooth/data.py)
+            check.bucket = bucket_for(photo.width, photo.height, resolution)
+        if check.bucket and (photo.width < check.bucket[0] or photo.height < check.bucket[1]):
+            bucket = f"{check.bucket[0]}x{check.bucket[1]}"
+            _warn(check, "too_small", f"{photo.width}x{photo.height} is smaller than its {bucket} aspect-ratio bucket")
+        elif not check.bucket and min(photo.width, photo.height) < resolution:
             _warn(check, "too_small", f"{photo.width}x{photo.height} is smaller than the {resolution} px resolution")
         if photo.sharpness < BLUR_THRESHOLD:
             # note: warned, not refused: a sharp photo of a plain surface measures low too
             _note(check, "blurred", f"looks blurred (sharpness {photo.sharpness:.0f}, under {BLUR_THRESHOLD:.0f})")
+        if photo.jpeg_quality is not None and photo.jpeg_quality < LOW_JPEG_QUALITY:
+            quality = f"quality about {photo.jpeg_quality}, under {LOW_JPEG_QUALITY}"
+            _note(check, "low_jpeg_quality", f"is a heavily compressed JPEG ({quality}): its artefacts may be learned")
         if (earlier := _duplicated(facts, index)) is not None:
             _warn(check, "duplicate", f"is a near-duplicate of {names[earlier]}")
         if (tokens := estimate_tokens(prompt)) > TOKEN_LIMIT:
@@ -126,8 +167,9 @@ def assess_photos(
 
 
 def _crop_box(photo: PhotoFacts, resolution: int, mode: str, check: PhotoCheck) -> faces.Box | None:
-    """The square the trainer crops (None: random crops), with a warning when face cropping cannot do its job."""
-    if mode == "random":
+    """The square the trainer crops (None: random crops, or its aspect-ratio bucket), with a warning when face
+    cropping cannot do its job."""
+    if mode in ("random", "bucket"):
         return None
     if mode == "face":
         if not photo.faces:

@@ -81,6 +81,8 @@ class PhotoChecksOut(BaseModel):
     warnings: list[PhotoWarningOut]
     faces: list[list[int]]  # detected faces, [left, top, right, bottom] in the stored photo, largest first
     sharpness: float | None  # variance of the Laplacian (under 100 warns "blurred")
+    jpeg_quality: int | None = None  # the upload's JPEG quality, estimated (under 50 warns "low_jpeg_quality")
+    bucket: list[int] | None = None  # [width, height] the photo trains at with crop "bucket"; else None
 
 
 class PhotoOut(BaseModel):
@@ -92,8 +94,10 @@ class PhotoOut(BaseModel):
     height: int
     crop_box: list[int] | None  # [left, top, right, bottom] the trainer crops; None: random crops
     caption: str | None
-    prompt: str | None = None  # what the text encoder is given for this photo (previews only)
+    auto_caption: str | None = None  # the captioning model's, for photos given no caption (instance_plus_auto_caption)
+    prompt: str | None = None  # what the text encoder is given for this photo
     checks: PhotoChecksOut | None  # None for photos stored before checks existed
+    url: str | None = None  # the stored photo (GET /api/jobs/{id}/photos/{position}); None in previews, once purged
 
 
 class PhotoPreviewOut(BaseModel):

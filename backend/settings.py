@@ -13,6 +13,8 @@ DEMO_FAMILY_MODELS = ("builtin:tiny-sd2", "builtin:tiny-sdxl")
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINY_SCORER = "builtin:tiny-clip"
 DEFAULT_SCORER = "openai/clip-vit-large-patch14"
+TINY_CAPTIONER = "builtin:tiny-blip"
+DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 
 
 def gpu_present() -> bool:
@@ -41,6 +43,9 @@ class Settings(BaseSettings):
     # The model that scores validation samples to recommend a step: a CLIP (or DINO) Hub id or folder,
     # "none" to not score. Empty: CLIP ViT-L/14, or the built-in tiny CLIP in demo mode.
     scorer_model: str = ""
+    # The model that captions photos for caption_mode instance_plus_auto_caption: a BLIP-class Hub id or folder,
+    # "none" to offer no automatic captions. Empty: BLIP base, or the built-in tiny BLIP in demo mode.
+    caption_model: str = ""
 
     # Jobs: a worker whose heartbeat is older than this is presumed dead. Every running job's lease beats from
     # a background thread every quarter of this, through long validations and exports too.
@@ -123,6 +128,8 @@ class Settings(BaseSettings):
             self.base_model = TINY_MODEL if self.demo_mode else DEFAULT_BASE_MODEL
         if not self.scorer_model:
             self.scorer_model = TINY_SCORER if self.demo_mode else DEFAULT_SCORER
+        if not self.caption_model:
+            self.caption_model = TINY_CAPTIONER if self.demo_mode else DEFAULT_CAPTIONER
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'studio.db'}"
         if not self.broker_url:

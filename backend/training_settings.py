@@ -26,6 +26,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from backend.presets import PRESETS, default_preset, misfit_message
+from backend.settings import get_settings
 from formats import embedding
 
 Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
@@ -165,15 +166,27 @@ class TrainingSettings(BaseModel):
     )  # fmt: skip
     center_crop: bool = setting(False, group="Photos", help="Crop the centre of each photo instead of a random square")
     random_flip: bool = setting(False, group="Photos", help="Mirror photos at random, for more variety")
-    crop: Literal["auto", "center", "random", "face"] = setting(
+    crop: Literal["auto", "center", "random", "face", "bucket"] = setting(
         "auto", group="Photos",
-        help="How each photo is cut to a square: face crops around the detected face (faces presets), center the "
-        "middle, random a different square each time; auto follows center_crop",
+        help="How each photo is cut: face a square around the detected face (faces presets), center the middle "
+        "square, random a different square each time, auto follows center_crop; bucket keeps each photo's shape "
+        "at the nearest aspect-ratio bucket (resolution^2 pixels at most, sides multiples of 64), cutting only the "
+        "rounding (centred with center_crop)",
     )  # fmt: skip
-    caption_mode: Literal["instance_only", "instance_plus_caption"] = setting(
+    masked_loss: bool = setting(
+        False, group="Photos",
+        help="Weigh the loss towards each photo's largest detected face, masked_loss_background elsewhere (as kohya's "
+        "masked loss); photos without a face weigh evenly",
+    )  # fmt: skip
+    masked_loss_background: float = setting(
+        0.3, group="Photos", ge=0, le=1, shown_when={"masked_loss": True},
+        help="The loss weight outside the face with masked_loss (1: no masking, 0: the face alone)",
+    )  # fmt: skip
+    caption_mode: Literal["instance_only", "instance_plus_caption", "instance_plus_auto_caption"] = setting(
         "instance_only", group="Photos",
-        help="instance_plus_caption trains each photo on the instance prompt followed by its caption; instance_only "
-        "on the instance prompt alone",
+        help="instance_plus_caption trains each photo on the instance prompt followed by its caption; "
+        "instance_plus_auto_caption too, with an automatic caption (CAPTION_MODEL) for photos given none; "
+        "instance_only on the instance prompt alone",
     )  # fmt: skip
 
     # ---------------------------------------------------------------- memory
@@ -330,6 +343,13 @@ class TrainingSettings(BaseModel):
                 f"the instance_prompt must name the subject with {value!r} when training_method is pivotal, "
                 f"e.g. 'a photo of {value} dog' (or set placeholder_token to a word of the prompt's)"
             )
+        return value
+
+    @field_validator("caption_mode")
+    @classmethod
+    def _auto_captions_need_a_model(cls, value: str) -> str:
+        if value == "instance_plus_auto_caption" and get_settings().caption_model == "none":
+            raise ValueError("this server has no captioning model (CAPTION_MODEL is none); caption the photos yourself")
         return value
 
     @field_validator("class_prompt")

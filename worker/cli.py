@@ -144,6 +144,9 @@ def train(args: argparse.Namespace) -> None:
     settings = _validated_settings(args)
     photos, checks = local_photos(settings, _photos_in(args.photos, "--photos"))
     class_photos = _photos_in(args.class_photos, "--class-photos") if args.class_photos else ()
+    models_dir = Path(args.models_dir) if args.models_dir else storage.models_dir()
+    if settings["caption_mode"] == "instance_plus_auto_caption":
+        photos["instance_captions"] = _auto_captions(photos, models_dir)
     # note: torch and diffusers take seconds to import, so only once the settings and photos are good
     from worker.dreambooth.train import train as run
 
@@ -152,7 +155,7 @@ def train(args: argparse.Namespace) -> None:
         **photos,
         class_images=class_photos,
         output_dir=Path(args.output),
-        models_dir=Path(args.models_dir) if args.models_dir else storage.models_dir(),
+        models_dir=models_dir,
         resume_from_checkpoint=args.resume_from_checkpoint,
         device=args.device,
     )
@@ -169,6 +172,18 @@ def train(args: argparse.Namespace) -> None:
     drop_training_state(config)
     print()
     _print_result(result)
+
+
+def _auto_captions(photos: dict, models_dir: Path) -> tuple[str | None, ...]:
+    """Each photo's caption: its NAME.txt, else one from the captioning model (CAPTION_MODEL), printed."""
+    from worker.dreambooth.captioner import caption_photos
+
+    given = photos["instance_captions"]
+    missing = [path for path, caption in zip(photos["instance_images"], given) if not caption]
+    found = dict(zip(missing, caption_photos(missing, get_settings().caption_model, models_dir) if missing else []))
+    for path, caption in found.items():
+        print(f"caption: {path.name}: {caption or '(none)'}")
+    return tuple(caption or found.get(path) for path, caption in zip(photos["instance_images"], given))
 
 
 def _validated_settings(args: argparse.Namespace) -> dict:

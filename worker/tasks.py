@@ -88,11 +88,38 @@ def _run_core(job_id: uuid.UUID, reporter: JobReporter) -> TrainResult:
 
     def run() -> TrainResult:
         with get_sessionmaker()() as session:
+            _auto_caption(session, reporter.lease, session.get(Job, job_id))
             config = training_config(session.get(Job, job_id))
         return _train(config, reporter)
 
     message = "The server could not write the job's files (its disk is full or failing)."
     return storage_failure_as_error(run, message, f"job {job_id}")
+
+
+def _auto_caption(session: Session, lease: Lease, job: Job) -> None:
+    """With caption_mode instance_plus_auto_caption, caption the instance photos their owner gave no caption and
+    record the captions on their rows (once: a resumed attempt finds them captioned)."""
+    if job.settings.get("caption_mode") != "instance_plus_auto_caption":
+        return
+    photos = [p for p in job.photos if p.kind == "instance" and not p.caption and not p.auto_caption]
+    if not photos:
+        return
+    model = get_settings().caption_model
+    if model == "none":
+        message = "This server no longer captions photos (CAPTION_MODEL is none); caption them or use instance_only."
+        raise JobError("captioning_unavailable", message)
+    # note: the ML stack is imported here, not at module load, so the worker starts quickly
+    from worker.dreambooth.captioner import caption_photos
+
+    log.info("job %s: captioning %d photos with %s", job.id, len(photos), model)
+    try:
+        captions = caption_photos([storage.resolve(photo.path) for photo in photos], model, storage.models_dir())
+    except OSError as exc:
+        # note: from_pretrained's error for a model that is neither cached nor downloadable (HF_HUB_OFFLINE)
+        message = f"The captioning model {model} could not be loaded: {exc}"[:1000]
+        raise JobError("caption_model_error", message) from exc
+    found = {photo.position: caption for photo, caption in zip(photos, captions, strict=True) if caption}
+    jobs.record_auto_captions(session, lease, found)
 
 
 def training_config(job: Job) -> TrainConfig:

@@ -1,9 +1,10 @@
-"""Downloads of a job's files: its checkpoints and its sample images.
+"""Downloads of a job's files: its checkpoints, its sample images and its instance photos.
 
 Files stream from disk with Content-Length and an ETag; Starlette's FileResponse answers Range and
 If-Range (206, 416), so an interrupted multi-gigabyte download resumes; If-None-Match answers 304 here.
 """
 
+import mimetypes
 import uuid
 from pathlib import Path
 from typing import Annotated
@@ -52,6 +53,26 @@ def sample_image(
         raise NotFound(f"job {job_id} has no sample {sample_id}")
     filename = f"{exports.download_stem(job)}-step{sample.step}-sample{sample.id}.png"
     return _file(storage.resolve(sample.path), filename, "image/png", if_none_match, "inline")
+
+
+@router.get("/{job_id}/photos/{position}", response_class=FileResponse)
+def job_photo(
+    job_id: uuid.UUID, position: int, session: SessionDep, user: CurrentUser, if_none_match: IfNoneMatch = None
+) -> Response:
+    """One instance photo as stored and trained on (upright, at most 2048 px a side): the pixels its crop box is
+    in. Gone, with a 404 that says so, once the retention rule has deleted the job's photos."""
+    job = jobs.get_job(session, user, job_id)
+    photo = next((p for p in job.photos if p.kind == "instance" and p.position == position), None)
+    if photo is None:
+        raise NotFound(f"job {job_id} has no photo {position}")
+    path = storage.resolve(photo.path)
+    # note: the retention rule deletes the files before it marks the job, so a missing file is the same news
+    if job.photos_purged_at is not None or not path.is_file():
+        when = f" on {job.photos_purged_at:%Y-%m-%d}" if job.photos_purged_at else ""
+        raise NotFound(f"the photos of job {job_id} were deleted{when} by the photo retention rule")
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    filename = f"{exports.download_stem(job)}-photo{position}{path.suffix}"
+    return _file(path, filename, media_type, if_none_match, "inline")
 
 
 def _file(

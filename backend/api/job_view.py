@@ -1,7 +1,8 @@
-"""How a job looks to its owner: the `JobOut` built from the ORM row, with artifact URLs."""
+"""How a job looks to its owner: the `JobOut` built from the ORM row, with artifact and photo URLs."""
 
 from backend.models import Artifact, Job, Photo, kept_steps
 from backend.schemas import ArtifactOut, ErrorOut, Evaluation, JobOut, MemoryPlanOut, PhotoOut, Progress
+from formats.captions import photo_prompt
 
 
 def job_out(job: Job) -> JobOut:
@@ -15,7 +16,7 @@ def job_out(job: Job) -> JobOut:
         cancel_requested=job.cancel_requested,
         attempts=job.attempts,
         photo_count=sum(photo.kind == "instance" for photo in job.photos),
-        photos=[photo_out(photo) for photo in job.photos if photo.kind == "instance"],
+        photos=[photo_out(job, photo) for photo in job.photos if photo.kind == "instance"],
         artifacts=[_artifact_out(job, artifact) for artifact in job.artifacts],
         created_at=job.created_at,
         started_at=job.started_at,
@@ -32,7 +33,9 @@ def job_out(job: Job) -> JobOut:
     )
 
 
-def photo_out(photo: Photo) -> PhotoOut:
+def photo_out(job: Job, photo: Photo) -> PhotoOut:
+    """A stored instance photo with the prompt it trains on, and its URL while the retention rule has kept it."""
+    settings = job.settings
     return PhotoOut(
         position=photo.position,
         name=photo.name,
@@ -40,7 +43,14 @@ def photo_out(photo: Photo) -> PhotoOut:
         height=photo.height,
         crop_box=photo.crop_box,
         caption=photo.caption,
+        auto_caption=photo.auto_caption,
+        prompt=photo_prompt(
+            settings["instance_prompt"],
+            photo.caption or photo.auto_caption,
+            settings.get("caption_mode", "instance_only"),
+        ),
         checks=photo.checks,
+        url=None if job.photos_purged_at else f"/api/jobs/{job.id}/photos/{photo.position}",
     )
 
 

@@ -176,7 +176,7 @@ def test_the_preview_answers_what_the_job_stores_and_stores_nothing(client, auth
     assert body["photos"][0]["prompt"] == "a photo of rufus person, in a space suit"
     job = client.post("/api/jobs", data=form, files=files, headers=auth_headers).json()
     for shown, stored in zip(body["photos"], job["photos"], strict=True):
-        assert {**shown, "prompt": None} == stored
+        assert {**shown, "url": f"/api/jobs/{job['id']}/photos/{shown['position']}"} == stored
 
 
 def test_the_preview_needs_no_instance_prompt_yet(client, auth_headers, photo_set):

@@ -19,6 +19,7 @@ ID_ROUTES = [
     ("GET", "/api/jobs/{job_id}/events", 200),
     ("GET", "/api/jobs/{job_id}/checkpoint", 200),
     ("GET", "/api/jobs/{job_id}/samples/{sample_id}", 200),
+    ("GET", "/api/jobs/{job_id}/photos/{position}", 200),
     ("POST", "/api/jobs/{job_id}/cancel", 202),
     ("DELETE", "/api/jobs/{job_id}", 204),
     ("DELETE", "/api/tokens/{token_id}", 204),
@@ -62,6 +63,7 @@ def world(db, user_factory, photo_bytes):
         "token_id": spare.id,
         "generation_id": generation.id,
         "index": 0,
+        "position": 0,
     }
     tokens = {"owner": alice_token, "other user": mallory_token, "no token": None, "revoked token": revoked}
     return ids, tokens
@@ -101,9 +103,18 @@ def test_only_the_owner_gets_through(client, db, world, method, template, owner_
 @pytest.mark.parametrize(("method", "template", "_owner_status"), ID_ROUTES)
 def test_an_id_that_never_existed_is_a_404(client, world, method, template, _owner_status):
     ids, tokens = world
-    missing = {"job_id": uuid.uuid4(), "sample_id": 10**6, "token_id": 10**6, "generation_id": uuid.uuid4(), "index": 0}
+    missing = {
+        "job_id": uuid.uuid4(),
+        "sample_id": 10**6,
+        "token_id": 10**6,
+        "generation_id": uuid.uuid4(),
+        "index": 0,
+        "position": 0,
+    }
     if "job_id" in template and "sample_id" in template:
         missing["job_id"] = ids["job_id"]
+    if "job_id" in template and "position" in template:
+        missing.update(job_id=ids["job_id"], position=7)
     if "generation_id" in template and "index" in template:
         missing.update(generation_id=ids["generation_id"], index=7)
     response = client.request(

@@ -38,16 +38,25 @@ class TrainConfig:
     class_cache_max_bytes: int = 5 * 2**30  # the cache evicts least recently used class sets beyond this
 
     # data
-    resolution: int = 512  # square training and sampling side, in pixels
+    resolution: int = 512  # square training and sampling side, in pixels (with crop "bucket": the training area)
     center_crop: bool = False  # False = random crop, as the reference script
     random_flip: bool = False  # horizontal flip with probability 0.5
     train_batch_size: int = 1  # instance photos per micro-step (as many class images ride along)
     # each instance photo's square crop, (left, top, right, bottom) in its pixels, chosen at upload (face crops);
     # None for a photo, or () for all: center_crop / random crops as above
     instance_crop_boxes: tuple[tuple[int, int, int, int] | None, ...] = ()
-    crop: str = "auto"  # the crop setting the boxes were chosen by (backend/photo_checks.py); the boxes decide
+    # the crop setting the boxes were chosen by (backend/photo_checks.py); the boxes decide, but "bucket" trains each
+    # photo without a box at its aspect-ratio bucket (data.py) instead of a square: centred or, without center_crop,
+    # at random within the bucket's rounding
+    crop: str = "auto"
     instance_captions: tuple[str | None, ...] = ()  # each instance photo's caption; () = none
-    caption_mode: str = "instance_only"  # "instance_plus_caption": each photo's prompt is instance prompt + caption
+    # "instance_plus_caption" (or "instance_plus_auto_caption"): each photo's prompt is instance prompt + caption
+    caption_mode: str = "instance_only"
+    # masked loss: weigh the instance photos' loss towards the subject's box (a detected face), `masked_loss_background`
+    # elsewhere; each instance photo's box, (left, top, right, bottom) in its pixels, or None (weighed evenly)
+    masked_loss: bool = False
+    masked_loss_background: float = 0.3
+    instance_subject_boxes: tuple[tuple[int, int, int, int] | None, ...] = ()
 
     # optimisation
     train_text_encoder: bool = False  # fine-tune the text encoder with the UNet (the study: best quality)
@@ -118,15 +127,18 @@ class TrainConfig:
             "validation_prompts",
             "instance_crop_boxes",
             "instance_captions",
+            "instance_subject_boxes",
         ):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if not self.instance_images:
             raise ValueError("instance_images is empty")
-        for name in ("instance_crop_boxes", "instance_captions"):
+        for name in ("instance_crop_boxes", "instance_captions", "instance_subject_boxes"):
             if getattr(self, name) and len(getattr(self, name)) != len(self.instance_images):
                 raise ValueError(f"{name} must have one entry per instance image, or none")
+        if not 0 <= self.masked_loss_background <= 1:
+            raise ValueError("masked_loss_background must be between 0 and 1")
         if self.caption_mode not in CAPTION_MODES:
-            raise ValueError(f"caption_mode must be instance_only or instance_plus_caption, not {self.caption_mode!r}")
+            raise ValueError(f"caption_mode must be one of {', '.join(CAPTION_MODES)}, not {self.caption_mode!r}")
         counts = (self.max_train_steps, self.train_batch_size, self.gradient_accumulation_steps, self.sample_batch_size)
         if min(counts) < 1:
             raise ValueError(
@@ -170,6 +182,16 @@ class TrainConfig:
     def crop_boxes(self) -> tuple[tuple[int, int, int, int] | None, ...]:
         """Each instance photo's crop box (None: center_crop or random crops)."""
         return self.instance_crop_boxes or (None,) * len(self.instance_images)
+
+    @property
+    def subject_boxes(self) -> tuple[tuple[int, int, int, int] | None, ...]:
+        """Each instance photo's subject box for masked loss (None: none)."""
+        return self.instance_subject_boxes or (None,) * len(self.instance_images)
+
+    @property
+    def bucketed(self) -> bool:
+        """Whether photos without a crop box train at their aspect-ratio bucket rather than a square."""
+        return self.crop == "bucket"
 
     @property
     def photo_prompts(self) -> tuple[str, ...]:

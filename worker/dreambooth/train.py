@@ -13,13 +13,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from diffusers.training_utils import set_seed
 
 from .components import ComponentCache, Components, base_model_family, frozen_on, load_components, release
 from .config import MemoryPlan, Progress, TrainConfig, TrainResult
-from .data import LatentSource, PromptEmbeddings, batch_order, load_photo, overlong_prompts
+from .data import (
+    LatentSource,
+    PromptEmbeddings,
+    batch_order,
+    batches,
+    bucket_batches,
+    load_photo,
+    overlong_prompts,
+)
 from .errors import TRAINING_OUT_OF_MEMORY, out_of_memory_as_error
 from .export import export_run
 from .families import Conditioning
@@ -115,7 +124,10 @@ def _train(config: TrainConfig, hooks: _Hooks, models: ComponentCache | None, on
         if start:
             log.info("resuming from %s at step %d of %d", state_path, start, config.total_steps)
         forget_after(config.output_dir, start)
-        photos = [load_photo(p, config.resolution, box) for p, box in zip(config.instance_images, config.crop_boxes)]
+        photos = [
+            load_photo(path, config.resolution, box, config.bucketed, subject)
+            for path, box, subject in zip(config.instance_images, config.crop_boxes, config.subject_boxes, strict=True)
+        ]
         validator = Validator(config, parts, accelerator, photos, start, hooks.on_progress, hooks.on_validation)
         if config.training_method == "pivotal":
             parts, saved = _invert(config, parts, accelerator, saved, base_seed, validator, hooks, photos)
@@ -236,22 +248,80 @@ def _optimizer_step(config: TrainConfig, run: Trainees, data: "_TrainingData") -
 
 def _micro_step(config: TrainConfig, run: Trainees, data: "_TrainingData") -> torch.Tensor:
     """The denoising loss of one batch: noise the latents at random timesteps, predict, compare."""
-    latents, time_ids, conditioning, instances = data.next_batch(run)
-    noise_scheduler = data.noise_scheduler
+    parts = data.next_batch(run)
+    if len(parts) == 1:
+        return _denoising_loss(config, run, data, parts[0], data.prior_weight)
+    instances, classes = parts
+    # note: the class images' loss on a UNet call of their own, weighed as in the joint batch's formula
+    return _denoising_loss(config, run, data, instances, None) + data.prior_weight * _denoising_loss(
+        config, run, data, classes, None
+    )
+
+
+def _denoising_loss(
+    config: TrainConfig, run: Trainees, data: "_TrainingData", part: "_Batch", prior_weight: float | None
+) -> torch.Tensor:
+    """The loss of one UNet call: its instance rows (Min-SNR and subject weighted, where asked), then, with a
+    prior_weight, as many class rows."""
+    latents, noise_scheduler = part.latents, data.noise_scheduler
     noise = sample_noise(latents, config.offset_noise, run.noise_gen)
     timesteps = torch.randint(
         0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=run.noise_gen, device=latents.device
     )
     noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-    prediction = run.step_unet(noisy_latents, timesteps, **data.family.unet_kwargs(conditioning, time_ids)).sample
+    unet_kwargs = data.family.unet_kwargs(part.conditioning, part.time_ids)
+    prediction = run.step_unet(noisy_latents, timesteps, **unet_kwargs).sample
     target = training_target(noise_scheduler, latents, noise, timesteps)
-    weights = min_snr_weights(noise_scheduler, timesteps[:instances], config.snr_gamma) if config.snr_gamma else None
-    return dreambooth_loss(prediction, target, data.prior_weight, weights)
+    weights = None
+    if config.snr_gamma and part.instances:
+        weights = min_snr_weights(noise_scheduler, timesteps[: part.instances], config.snr_gamma)
+    if part.subject_weights is None:
+        return dreambooth_loss(prediction, target, prior_weight, weights)
+    return masked_loss(prediction, target, part.subject_weights, prior_weight, weights)
+
+
+def masked_loss(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    pixel_weights: torch.Tensor,
+    prior_loss_weight: float | None = None,
+    instance_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """dreambooth_loss with the instance images' squared errors weighed per latent pixel: the mean over pixels of
+    pixel_weights (batch, 1, height, width) x MSE, then Min-SNR's instance_weights per image; the class images
+    (the second half, with a prior_loss_weight) unweighed."""
+    # note: as kohya's masked loss, not renormalised by the weights' sum: a mostly-background photo counts less
+    pred, target = prediction.float(), target.float()
+    if prior_loss_weight is not None:
+        pred, pred_prior = pred.chunk(2)
+        target, target_prior = target.chunk(2)
+    squared = F.mse_loss(pred, target, reduction="none") * pixel_weights.to(pred.device, pred.dtype)
+    per_image = squared.mean(dim=tuple(range(1, pred.ndim)))
+    loss = (per_image * instance_weights).mean() if instance_weights is not None else per_image.mean()
+    if prior_loss_weight is not None:
+        loss = loss + prior_loss_weight * F.mse_loss(pred_prior, target_prior)
+    return loss
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One UNet call's worth of a micro-step: latents, time ids and conditioning of `instances` instance photos,
+    then of any class images; with masked loss, the instance rows' loss weights at latent resolution."""
+
+    latents: torch.Tensor
+    time_ids: torch.Tensor
+    conditioning: Conditioning
+    instances: int
+    subject_weights: torch.Tensor | None = None
 
 
 class _TrainingData:
     """Where each micro-step's latents and prompt embeddings come from: the photos (and class images) as
-    latents, the prompts as embeddings, and the batch order."""
+    latents, the prompts as embeddings, and the batch order.
+
+    With aspect-ratio buckets (crop "bucket") each batch's instance photos come from one bucket; class images stay
+    square at the resolution (generated ones are square anyway), so a batch in a non-square bucket runs its
+    class images through the UNet on a call of their own."""
 
     def __init__(
         self, config: TrainConfig, parts: Components, run: Trainees, class_paths: tuple, start: int, photos: list
@@ -275,26 +345,53 @@ class _TrainingData:
         )
         self.noise_scheduler = parts.noise_scheduler
         self.prior_weight = config.prior_loss_weight if class_paths else None
-        count = max(len(self.photos), len(class_photos))
+        self.background = config.masked_loss_background if config.masked_loss else None
         self.order = batch_order(
-            count, config.train_batch_size, config.gradient_accumulation_steps, run.order_gen, start
-        )  # fmt: skip
+            self._batches(config, len(class_photos), run.order_gen), config.gradient_accumulation_steps, start
+        )
+        if config.bucketed:
+            sizes = ", ".join(
+                f"{w}x{h}: {len(b)}" for b in self.instances.buckets() for h, w in [self.instances.sizes[b[0]]]
+            )
+            log.info("aspect-ratio buckets (width x height: photos): %s", sizes)
         # note: frozen parts whose work is done leave the device
         del vae, text_encoders
         release(device)
 
-    def next_batch(self, run: Trainees) -> tuple[torch.Tensor, torch.Tensor, Conditioning, int]:
-        """(latents, their time ids, the prompts' conditioning, how many are instance photos): the instances,
-        then as many class images."""
-        indices = next(self.order)
-        photos = indices % len(self.instances.photos)
+    def _batches(self, config: TrainConfig, classes: int, generator: torch.Generator):
+        """(instance photo indices, class image indices or None) of each micro-step, forever."""
+        size = config.train_batch_size
+        if config.bucketed:
+            # note: class images are square (one bucket), so they follow an order of their own
+            class_order = batches(classes, size, generator) if classes else None
+            for photos in bucket_batches(self.instances.buckets(), size, generator):
+                yield photos, next(class_order) if class_order else None
+        else:
+            for indices in batches(max(len(self.photos), classes), size, generator):
+                yield indices % len(self.photos), indices % classes if classes else None
+
+    def next_batch(self, run: Trainees) -> list[_Batch]:
+        """The micro-step's UNet calls: one of the instances then as many class images, or, when their sizes
+        differ (a non-square bucket), the instances' and the class images' apart."""
+        photos, classes = next(self.order)
         latents, time_ids = self.instances(photos, run.data_gen, run.noise_gen)
-        classes = 0
-        if self.classes:
-            class_latents, class_ids = self.classes(indices % len(self.classes.photos), run.data_gen, run.noise_gen)
-            latents, time_ids = torch.cat([latents, class_latents]), torch.cat([time_ids, class_ids])
-            classes = len(indices)
-        return latents, time_ids, self.embed(photos, classes), len(indices)
+        weights = None
+        if self.background is not None:
+            weights = self.instances.subject_weights(tuple(latents.shape[-2:]), self.background).to(latents.device)
+        if classes is None:
+            return [_Batch(latents, time_ids, self.embed(photos, 0), len(photos), weights)]
+        class_latents, class_ids = self.classes(classes, run.data_gen, run.noise_gen)
+        if class_latents.shape[1:] != latents.shape[1:]:
+            return [
+                _Batch(latents, time_ids, self.embed(photos, 0), len(photos), weights),
+                _Batch(class_latents, class_ids, self.embed(photos[:0], len(classes)), 0),
+            ]
+        return [
+            _Batch(
+                torch.cat([latents, class_latents]), torch.cat([time_ids, class_ids]),
+                self.embed(photos, len(classes)), len(photos), weights,
+            )
+        ]  # fmt: skip
 
 
 # ---------------------------------------------------------------------- setup

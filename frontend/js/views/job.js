@@ -11,6 +11,7 @@ import { defaultStep, isFinished, jobSteps, recommendedStep } from "../job-data.
 import { go, markNav } from "../router.js";
 import { renderDownloads, showDownloadStep } from "./downloads.js";
 import { renderGenerate, showGenerateStep } from "./generate.js";
+import { renderJobPhotos } from "./job-photos.js";
 import { followJob, renderProgress } from "./live.js";
 import { renderLoss } from "./loss-chart.js";
 import { highlightStep, renderSamples } from "./samples.js";
@@ -58,7 +59,7 @@ function mountJobPage(/** @type {Job} */ job, /** @type {import("../router.js").
     ...mountView("tpl-job"), current, job, live: [], lastAnnounced: "",
     samplesKey: null, sampleUrls: new Set(), scoresKey: null, downloadsKey: null,
     step: null, stepChosen: false, chooseStep: () => {}, slider: null, sampleTable: null, downloadParts: null,
-    generations: new Map(),
+    generations: new Map(), photosShown: false,
   };
   page.chooseStep = (step, options) => chooseStep(page, step, options);
   markNav("jobs");
@@ -82,6 +83,7 @@ function renderJob(/** @type {JobPage} */ page, /** @type {Job} */ job) {
   renderScores(page, job);
   renderDownloads(page, job);
   renderGenerate(page, job);
+  renderJobPhotos(page, job);
   showStep(page);
   page.cancel.hidden = isFinished(job) || job.cancel_requested;
 }

@@ -137,10 +137,12 @@ export class PhotoSet {
     tile.remove.setAttribute("aria-label", `Remove ${item.file.name}`);
     tile.remove.addEventListener("click", () => this.remove(item.id));
     const box = item.server?.crop_box ?? null;
+    const bucket = item.server?.checks?.bucket ?? null;
     if (item.bitmap) {
       drawCrop(tile.canvas, item.bitmap, item.server);
-      const random = item.server && !box ? ", random crops" : "";
-      tile.size.textContent = `${item.width}×${item.height} → ${resolution}×${resolution}${random}`;
+      const random = item.server && !box && !bucket ? ", random crops" : "";
+      const size = bucket ? `${bucket[0]}×${bucket[1]} (its aspect bucket)` : `${resolution}×${resolution}${random}`;
+      tile.size.textContent = `${item.width}×${item.height} → ${size}`;
     } else {
       tile.size.textContent = item.unreadable ? "not readable as an image" : "reading…";
     }
@@ -148,7 +150,8 @@ export class PhotoSet {
     const flags = [];
     if (item.unreadable) flags.push("unreadable");
     if (duplicates.has(item.id)) flags.push("duplicate");
-    if (isSmall(item, resolution)) flags.push("small");
+    // note: with aspect buckets the server alone can tell (a photo must cover its bucket, not the square)
+    if (!bucket && isSmall(item, resolution)) flags.push("small");
     if (isTooLarge(item)) flags.push("too large");
     const shown = flags.map((flag) => element("span", flag, "flag"));
     for (const warning of item.server?.checks?.warnings ?? []) {
@@ -197,12 +200,21 @@ async function sha256(/** @type {File} */ file) {
 
 /**
  * The square the trainer keeps, scaled to the canvas: the server's crop box (in its stored photo's pixels, which
- * may be smaller than the file's), else the photo's centre.
+ * may be smaller than the file's), else the photo's centre; with an aspect bucket, the whole photo (the trainer
+ * cuts only its bucket's rounding).
  * @param {HTMLCanvasElement} canvas
  * @param {ImageBitmap} bitmap
  * @param {any | null} server
  */
 function drawCrop(canvas, bitmap, server) {
+  const context = canvas.getContext("2d");
+  if (server?.checks?.bucket) {
+    const scale = Math.min(canvas.width / bitmap.width, canvas.height / bitmap.height);
+    const [width, height] = [bitmap.width * scale, bitmap.height * scale];
+    context?.clearRect(0, 0, canvas.width, canvas.height);
+    context?.drawImage(bitmap, (canvas.width - width) / 2, (canvas.height - height) / 2, width, height);
+    return;
+  }
   let side = Math.min(bitmap.width, bitmap.height);
   let left = (bitmap.width - side) / 2;
   let top = (bitmap.height - side) / 2;
@@ -211,7 +223,7 @@ function drawCrop(canvas, bitmap, server) {
     [left, top] = [server.crop_box[0] * scale, server.crop_box[1] * scale];
     side = (server.crop_box[2] - server.crop_box[0]) * scale;
   }
-  canvas.getContext("2d")?.drawImage(bitmap, left, top, side, side, 0, 0, canvas.width, canvas.height);
+  context?.drawImage(bitmap, left, top, side, side, 0, 0, canvas.width, canvas.height);
 }
 
 function isSmall(/** @type {Photo} */ item, /** @type {number} */ resolution) {
