@@ -131,7 +131,11 @@ async def run_clients(
     return polls, streams
 
 
-def start_stack(work: Path, api_processes: int = 1) -> tuple[Stack, str, subprocess.Popen, str]:
+def start_stack(
+    work: Path, api_processes: int = 1, workers: tuple[str, ...] = ("worker",), **settings: str
+) -> tuple[Stack, str, subprocess.Popen, str]:
+    """The API and `workers` on a fresh Postgres database and a private redis-server, with `settings` (environment
+    variables) over the bench's own; returns the stack, a user's token, the redis-server and the database's name."""
     database = f"dbs_bench_{secrets.token_hex(4)}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{database}"')
@@ -143,18 +147,22 @@ def start_stack(work: Path, api_processes: int = 1) -> tuple[Stack, str, subproc
     )
     port = free_port()
     env = base_env(
-        DATABASE_URL=database_url,
-        BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
-        DATA_DIR=str(work / "data"),
-        DEMO_MODE="true",
-        MAX_ACTIVE_JOBS_PER_USER="100",
-        LOG_LEVEL="WARNING",
+        **{
+            "DATABASE_URL": database_url,
+            "BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "DATA_DIR": str(work / "data"),
+            "DEMO_MODE": "true",
+            "MAX_ACTIVE_JOBS_PER_USER": "100",
+            "LOG_LEVEL": "WARNING",
+            **settings,
+        }
     )
     (work / "logs").mkdir()
     stack = Stack(url=f"http://127.0.0.1:{port}", log_dir=work / "logs", env=env)
     subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=REPO, env=env, check=True, capture_output=True)
     stack.start_api(port, api_processes)
-    stack.start_worker("worker")
+    for name in workers:
+        stack.start_worker(name)
     stack.wait_ready()
     output = subprocess.run(
         [str(BIN / "dreambooth"), "create-user", "bench"], env=env, capture_output=True, text=True, check=True

@@ -13,7 +13,6 @@ Not part of `make test`; record what it prints in bench/RESULTS.md.
 
 import argparse
 import json
-import secrets
 import signal
 import statistics
 import subprocess
@@ -24,43 +23,13 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from bench.common import REPO, report_header
-from bench.load import POSTGRES_URL
-from tests.e2e.stack import BIN, FAST_SETTINGS, Stack, base_env, free_port, photo_files
+from bench.common import report_header
+from bench.load import POSTGRES_URL, start_stack
+from tests.e2e.stack import FAST_SETTINGS, Stack, photo_files
 
 # Long enough to outlive a kill and a resume; saves its training state every 50 steps.
 JOB_SETTINGS = {**FAST_SETTINGS, "max_train_steps": 3000, "checkpointing_steps": 50, "validation_steps": 3000}
 WORKERS = ("worker1", "worker2")
-
-
-def start_stack(work: Path) -> tuple[Stack, str, subprocess.Popen, str]:
-    """The API and two workers on a fresh database and a private Redis, at the default reliability settings."""
-    database = f"dbs_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{database}"')
-    redis_port = free_port()
-    redis = subprocess.Popen(
-        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    port = free_port()
-    env = base_env(
-        DATABASE_URL=POSTGRES_URL.rsplit("/", 1)[0] + f"/{database}",
-        BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
-        DATA_DIR=str(work / "data"),
-        DEMO_MODE="true",
-    )
-    (work / "logs").mkdir()
-    stack = Stack(url=f"http://127.0.0.1:{port}", log_dir=work / "logs", env=env)
-    subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=REPO, env=env, check=True, capture_output=True)
-    stack.start_api(port)
-    for name in WORKERS:
-        stack.start_worker(name)
-    stack.wait_ready()
-    output = subprocess.run(
-        [str(BIN / "dreambooth"), "create-user", "bench"], env=env, capture_output=True, text=True, check=True
-    )
-    return stack, output.stdout.strip().splitlines()[-1], redis, database
 
 
 def wait(condition, timeout: float, what: str):
@@ -111,7 +80,8 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="dbs-recovery-"))
-    stack, token, redis, database = start_stack(work)
+    # note: INFO logs, which name the worker that started each attempt
+    stack, token, redis, database = start_stack(work, workers=WORKERS, LOG_LEVEL="INFO")
     workers = dict(zip(WORKERS, stack.processes[1:]))
     results = []
     try:
