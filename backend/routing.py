@@ -58,6 +58,11 @@ def job_queue(family: str | None, settings: dict[str, Any]) -> str:
     return class_queue(next((gib for gib in classes if gib >= need), classes[-1]))
 
 
+def all_queues() -> list[str]:
+    """Every queue a job or a generation may be sent to: each GPU class's, smallest first, then `gpu`."""
+    return [*(class_queue(gib) for gib in gpu_classes()), GPU_QUEUE]
+
+
 def worker_queues(gpu_memory_gib: float | None) -> list[str]:
     """The queues a worker with this much GPU memory reads: its class and every smaller one, and `gpu`.
 
@@ -65,11 +70,10 @@ def worker_queues(gpu_memory_gib: float | None) -> list[str]:
     and nothing would wait for it otherwise. A GPU below the smallest class reads the smallest class's queue
     (the memory planner fits what it can).
     """
-    classes = gpu_classes()
     if gpu_memory_gib is None:
-        fitting = classes
-    else:
-        fitting = [gib for gib in classes if gpu_memory_gib >= gib * CLASS_SHARE] or classes[:1]
+        return all_queues()
+    classes = gpu_classes()
+    fitting = [gib for gib in classes if gpu_memory_gib >= gib * CLASS_SHARE] or classes[:1]
     return [*(class_queue(gib) for gib in fitting), GPU_QUEUE]
 
 

@@ -183,7 +183,7 @@ def waiting_messages(broker: redis.Redis) -> int:
     """Wake-up calls waiting in Redis in any of the GPU queues (backend/routing.py)."""
     from backend import routing
 
-    return sum(broker.llen(name) for name in [*map(routing.class_queue, routing.gpu_classes()), queue.GPU_QUEUE])
+    return sum(broker.llen(name) for name in routing.all_queues())
 
 
 @pytest.fixture

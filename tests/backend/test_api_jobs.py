@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 
 from backend import jobs, queue, routing, storage
 from backend.models import ApiToken, Job, Photo, utcnow
-from backend.queue import GPU_QUEUE, TRAIN_TASK, make_celery
+from backend.queue import TRAIN_TASK, make_celery
 from backend.settings import TINY_MODEL, Settings, get_settings
 
 DOG = {"instance_prompt": "a photo of rufus the dog"}
@@ -24,8 +24,7 @@ def bearer(token: str) -> dict[str, str]:
 
 def queued_messages(broker) -> list[dict]:
     """The Celery messages waiting in Redis for the GPU workers, in every queue (backend/routing.py)."""
-    queues = [*map(routing.class_queue, routing.gpu_classes()), GPU_QUEUE]
-    return [json.loads(raw) for name in queues for raw in broker.lrange(name, 0, -1)]
+    return [json.loads(raw) for name in routing.all_queues() for raw in broker.lrange(name, 0, -1)]
 
 
 def stored_files(data_dir) -> list:
